@@ -1,0 +1,312 @@
+"""The ``run`` command: boot sequence, watch loop, signals and exit code.
+
+One asyncio loop runs everything. Signal handlers registered with
+``loop.add_signal_handler`` only put the signal on a queue; the main task
+takes it from there, so nothing is logged or awaited inside a handler. The
+main task waits on three things at once: a signal, HAProxy's exit, and the
+watch loop, which promotes what HAProxy stages.
+"""
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+import tenacity
+
+from . import bootcheck
+from .config import Settings
+from .errors import (
+    AdminSocketTimeoutError,
+    ExitCode,
+    HAProxyStartError,
+    RuntimeApiError,
+    SupervisorError,
+    TemplateError,
+)
+from .haproxy import HAProxyProcess, check_config, read_version
+from .pem import atomic_write
+from .processes import ChildReaper, describe_exit
+from .promotion import Outcome, Promoter
+from .runtime import RuntimeApi
+from .template import render_config
+
+log = structlog.get_logger("supervisor")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR2)
+ADMIN_SOCKET_TIMEOUT_SECONDS = 30.0
+# How long to wait before reconnecting to the event ring after it closed.
+EVENT_STREAM_RETRY_SECONDS = 1.0
+
+
+@dataclass
+class _Stopping:
+    """Why the main task stopped waiting."""
+
+    signal_number: signal.Signals | None = None
+    haproxy_code: int | None = None
+
+
+class _StopWhenExited(tenacity.stop.stop_base):
+    """Stops retrying as soon as HAProxy has exited: its socket will never come."""
+
+    def __init__(self, haproxy: HAProxyProcess) -> None:
+        self._haproxy = haproxy
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return not self._haproxy.running
+
+
+class Supervisor:
+    """Starts HAProxy, promotes what it stages, and stops it on request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.reaper = ChildReaper()
+        self.api = RuntimeApi(settings.admin_socket)
+        self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self._wakeup = asyncio.Event()
+        self._announced = False
+        self.haproxy: HAProxyProcess | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def run(self) -> int:
+        """Run the whole boot sequence, then supervise until stopped."""
+        loop = asyncio.get_running_loop()
+        self.reaper.install(loop)
+        for signal_number in (*STOP_SIGNALS, *RELOAD_SIGNALS):
+            loop.add_signal_handler(
+                signal_number, self._signals.put_nowait, signal_number
+            )
+
+        report = bootcheck.prepare_cert_dir(self.settings)
+        version = await read_version(self.reaper, self.settings.haproxy_bin)
+        log.info(
+            "haproxy_version", version=version.text, binary=self.settings.haproxy_bin
+        )
+        if self.settings.insecure_skip_verify:
+            log.warning(
+                "acme_tls_verification_disabled",
+                variable="ACME_INSECURE_SKIP_VERIFY",
+                directory=self.settings.acme_directory,
+            )
+        await self._write_config()
+
+        self.haproxy = HAProxyProcess(
+            self.reaper,
+            self.settings.haproxy_bin,
+            self.settings.rendered_config,
+            self.settings.master_socket,
+        )
+        self.haproxy.start()
+        try:
+            return await self._serve(report)
+        except BaseException:
+            await self.haproxy.stop(self.settings.stop_grace_seconds)
+            raise
+
+    async def _serve(self, report: bootcheck.BootReport) -> int:
+        """Connect to HAProxy, order, and supervise until told to stop."""
+        await self._wait_for_admin_socket()
+
+        throwaway = {report.bootstrap_fingerprint}
+        if report.placeholder_fingerprint:
+            throwaway.add(report.placeholder_fingerprint)
+        promoters = [
+            Promoter(self.api, spec, self.settings.paths, frozenset(throwaway))
+            for spec in self.settings.certificates
+        ]
+        for promoter in promoters:
+            await promoter.remember_loaded()
+            await self._renew(promoter.spec.staged_ref)
+
+        self._watcher = asyncio.create_task(self._watch(promoters), name="watch")
+        try:
+            return await self._supervise()
+        finally:
+            await self._stop_watching()
+
+    async def _stop_watching(self) -> None:
+        """Cancel the watch loop, which also closes its admin socket sessions."""
+        if self._watcher is None:
+            return
+        self._watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watcher
+        self._watcher = None
+
+    async def _write_config(self) -> None:
+        """Render the template, write it, and have HAProxy check it."""
+        text = render_config(self.settings)
+        path = self.settings.rendered_config
+        try:
+            self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, text.encode(), mode=0o600)
+        except OSError as exc:
+            raise TemplateError(path, f"cannot be written: {exc.strerror}") from exc
+        await check_config(self.reaper, self.settings.haproxy_bin, path)
+        log.info("config_rendered", path=str(path))
+
+    async def _wait_for_admin_socket(self) -> None:
+        """Retry the admin socket until it answers, HAProxy exits, or time runs out."""
+        assert self.haproxy is not None
+        haproxy = self.haproxy
+
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(OSError),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+            stop=tenacity.stop_any(
+                tenacity.stop_after_delay(ADMIN_SOCKET_TIMEOUT_SECONDS),
+                _StopWhenExited(haproxy),
+            ),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self.api.ping()
+        except OSError as exc:
+            if not haproxy.running:
+                code = haproxy.exit_task.result()
+                raise HAProxyStartError(
+                    f"HAProxy {describe_exit(code)} before its admin socket "
+                    f"{self.settings.admin_socket} came up; see its output above"
+                ) from exc
+            raise AdminSocketTimeoutError(
+                f"admin socket {self.settings.admin_socket} did not answer within "
+                f"{ADMIN_SOCKET_TIMEOUT_SECONDS:.0f} s: {exc}"
+            ) from exc
+        log.info("admin_socket_ready", path=str(self.settings.admin_socket))
+
+    async def _renew(self, certificate: str) -> None:
+        answer = await self.api.acme_renew(certificate)
+        log.info("acme_renew_requested", cert=certificate, response=answer)
+
+    async def _supervise(self) -> int:
+        """Wait for a signal or HAProxy's exit and act on it; returns the exit code."""
+        assert self.haproxy is not None
+        while True:
+            stopping = await self._next_event()
+            if stopping.haproxy_code is not None:
+                code = stopping.haproxy_code
+                log.error(
+                    "haproxy_exited_unexpectedly",
+                    code=code,
+                    status=describe_exit(code),
+                )
+                return ExitCode.for_signal(-code) if code < 0 else code
+            assert stopping.signal_number is not None
+            if stopping.signal_number in RELOAD_SIGNALS:
+                await self._reload()
+                continue
+            return await self._stop(stopping.signal_number)
+
+    async def _next_event(self) -> _Stopping:
+        assert self.haproxy is not None
+        signal_wait = asyncio.ensure_future(self._signals.get())
+        done, _ = await asyncio.wait(
+            {signal_wait, self.haproxy.exit_task},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if signal_wait in done:
+            return _Stopping(signal_number=signal_wait.result())
+        signal_wait.cancel()
+        return _Stopping(haproxy_code=self.haproxy.exit_task.result())
+
+    async def _stop(self, signal_number: signal.Signals) -> int:
+        """Stop HAProxy gracefully; a second stop signal skips the grace period."""
+        assert self.haproxy is not None
+        log.info("stop_requested", signal=signal_number.name)
+        # An open "show events -w" session would hold a soft-stopping worker.
+        await self._stop_watching()
+        grace = self.settings.stop_grace_seconds
+        stop = asyncio.ensure_future(self.haproxy.stop(grace))
+        while not stop.done():
+            signal_wait = asyncio.ensure_future(self._signals.get())
+            done, _ = await asyncio.wait(
+                {stop, signal_wait}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if signal_wait in done and signal_wait.result() in STOP_SIGNALS:
+                log.warning("stop_forced", signal=signal_wait.result().name)
+                self.haproxy.send(signal.SIGTERM)
+            elif signal_wait not in done:
+                signal_wait.cancel()
+        code = stop.result()
+        if code == -signal.SIGKILL:
+            return ExitCode.for_signal(signal.SIGKILL)
+        log.info("supervisor_stopped", haproxy_status=describe_exit(code))
+        return ExitCode.OK
+
+    async def _reload(self) -> None:
+        """Re-render and check the configuration, then reload HAProxy's master."""
+        assert self.haproxy is not None
+        try:
+            await self._write_config()
+        except SupervisorError as exc:
+            log.error("reload_rejected", error=str(exc))
+            return
+        self.haproxy.send(signal.SIGUSR2)
+        log.info("reload_requested")
+        self._wakeup.set()
+
+    async def _watch(self, promoters: list[Promoter]) -> None:
+        """Promote staged bundles when HAProxy announces them, polling as a safety net."""
+        events = asyncio.create_task(self._follow_events(), name="events")
+        try:
+            announced = False
+            while True:
+                for promoter in promoters:
+                    await self._check(promoter, announced=announced)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wakeup.wait(), self.settings.staged_poll_seconds
+                    )
+                # Clear and read together, with no await in between, so an
+                # announcement made during a check is not lost.
+                self._wakeup.clear()
+                announced, self._announced = self._announced, False
+        finally:
+            events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await events
+
+    async def _check(self, promoter: Promoter, *, announced: bool) -> None:
+        try:
+            outcome = await promoter.check(announced=announced)
+        except (RuntimeApiError, OSError) as exc:
+            log.error("staged_check_failed", cert=promoter.spec.name, error=str(exc))
+            return
+        if outcome is not Outcome.NOT_STAGED or announced:
+            log.info("staged_checked", cert=promoter.spec.name, outcome=outcome.value)
+
+    async def _follow_events(self) -> None:
+        """Wake the watch loop on each ``acme newcert`` record of the dpapi ring."""
+        while True:
+            try:
+                async for record in self.api.stream_events("dpapi"):
+                    if " acme newcert " in f" {record} ":
+                        log.info("acme_newcert_event", record=record.split(">", 1)[-1])
+                        self._announced = True
+                        self._wakeup.set()
+            except OSError as exc:
+                log.debug("event_stream_unavailable", error=str(exc))
+            await asyncio.sleep(EVENT_STREAM_RETRY_SECONDS)
+
+
+def run(settings: Settings) -> int:
+    """Run the supervisor to completion and return the process exit code."""
+    return asyncio.run(_run_logged(Supervisor(settings).run))
+
+
+async def _run_logged(main: Callable[[], Awaitable[int]]) -> int:
+    try:
+        return await main()
+    except SupervisorError as exc:
+        log.error("start_failed", error=str(exc), exit_code=int(exc.exit_code))
+        return int(exc.exit_code)
+    except Exception:
+        log.exception("internal_error", exit_code=int(ExitCode.INTERNAL_ERROR))
+        return ExitCode.INTERNAL_ERROR

@@ -1,0 +1,138 @@
+"""Independent validation of a staged bundle before it may become live.
+
+HAProxy 3.2 to 3.4 store whatever certificate the CA returns next to the CSR's
+key without comparing them, and log the order as a success. These checks are
+what stands between that staging store and the certificate clients receive.
+"""
+
+import datetime
+import itertools
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from .errors import BundleRejectedError
+from .pem import (
+    PemBundle,
+    covers,
+    dns_names,
+    fingerprint,
+    public_key_sha256,
+    serial_hex,
+)
+
+
+@dataclass(frozen=True)
+class ValidatedBundle:
+    """A bundle that passed every check, with the facts logged on promotion."""
+
+    bundle: PemBundle
+    serial: str
+    sha256: str
+    not_after: datetime.datetime
+    public_key_sha256: str
+
+
+def validate_bundle(
+    bundle: PemBundle,
+    domains: Sequence[str],
+    *,
+    now: datetime.datetime,
+    throwaway_fingerprints: Collection[str] = (),
+) -> ValidatedBundle:
+    """Check that ``bundle`` is safe to serve for ``domains`` at ``now``.
+
+    The checks, in order: a key and a leaf are present; the key belongs to the
+    leaf; the leaf is not a throwaway (bootstrap or placeholder) certificate;
+    ``now`` is inside the leaf's validity window; the leaf's DNS names cover
+    every domain; each chain certificate signed the one before it.
+
+    Raises ``BundleRejectedError`` with the reason and hashes safe to log.
+    """
+    key, leaf = bundle.key, bundle.leaf
+    if key is None:
+        raise BundleRejectedError("the staged bundle has no private key")
+    if leaf is None:
+        raise BundleRejectedError("the staged bundle has no certificate")
+
+    leaf_sha256 = fingerprint(leaf)
+    key_sha256 = public_key_sha256(key)
+    certificate_key_sha256 = public_key_sha256(leaf.public_key())
+    if key_sha256 != certificate_key_sha256:
+        raise BundleRejectedError(
+            "the staged private key does not match the staged certificate",
+            key_public_sha256=key_sha256,
+            certificate_public_sha256=certificate_key_sha256,
+            sha256=leaf_sha256,
+        )
+    if leaf_sha256 in throwaway_fingerprints:
+        raise BundleRejectedError(
+            "the staged certificate is the bootstrap or placeholder certificate",
+            sha256=leaf_sha256,
+        )
+
+    _check_validity(leaf, now, leaf_sha256)
+    _check_names(leaf, domains, leaf_sha256)
+    _check_chain(bundle.certificates, leaf_sha256)
+
+    return ValidatedBundle(
+        bundle=bundle,
+        serial=serial_hex(leaf),
+        sha256=leaf_sha256,
+        not_after=leaf.not_valid_after_utc,
+        public_key_sha256=key_sha256,
+    )
+
+
+def _check_validity(
+    leaf: x509.Certificate, now: datetime.datetime, leaf_sha256: str
+) -> None:
+    if now < leaf.not_valid_before_utc:
+        raise BundleRejectedError(
+            "the staged certificate is not valid yet",
+            not_before=leaf.not_valid_before_utc.isoformat(),
+            sha256=leaf_sha256,
+        )
+    if now >= leaf.not_valid_after_utc:
+        raise BundleRejectedError(
+            "the staged certificate has expired",
+            not_after=leaf.not_valid_after_utc.isoformat(),
+            sha256=leaf_sha256,
+        )
+
+
+def _check_names(
+    leaf: x509.Certificate, domains: Sequence[str], leaf_sha256: str
+) -> None:
+    names = dns_names(leaf)
+    missing = [domain for domain in domains if not covers(names, domain)]
+    if missing:
+        raise BundleRejectedError(
+            "the staged certificate does not cover every configured domain",
+            missing=",".join(missing),
+            names=",".join(names),
+            sha256=leaf_sha256,
+        )
+
+
+def _check_chain(certificates: Sequence[x509.Certificate], leaf_sha256: str) -> None:
+    """Check that the chain is present and each link signed the previous one."""
+    if len(certificates) < 2:
+        raise BundleRejectedError(
+            "the staged bundle has no chain after the leaf certificate",
+            sha256=leaf_sha256,
+        )
+    for position, (child, issuer) in enumerate(
+        itertools.pairwise(certificates), start=1
+    ):
+        try:
+            child.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise BundleRejectedError(
+                "the staged chain is out of order or broken",
+                position=str(position),
+                detail=str(exc) or type(exc).__name__,
+                sha256=leaf_sha256,
+            ) from exc
