@@ -1,0 +1,1 @@
+"""Tests of the lab vault, gateway and CLI."""
