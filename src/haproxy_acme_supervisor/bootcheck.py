@@ -254,11 +254,25 @@ def _write_secret(path: Path, data: bytes) -> None:
 
 
 def _restrict_mode(path: Path) -> None:
-    """Remove group and other access from a key file, logging the change."""
+    """Remove group and other access from a key file, logging the change.
+
+    A file this user cannot chmod (it belongs to someone else) is logged and
+    kept as it is, because HAProxy can still read it.
+    """
     mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077 and os.access(path, os.W_OK):
+    if not mode & 0o077:
+        return
+    try:
         path.chmod(mode & 0o700)
-        log.warning("key_file_mode_fixed", path=str(path), old_mode=oct(mode))
+    except OSError as exc:
+        log.warning(
+            "key_file_mode_not_fixed",
+            path=str(path),
+            mode=oct(mode),
+            error=exc.strerror,
+        )
+        return
+    log.warning("key_file_mode_fixed", path=str(path), old_mode=oct(mode))
 
 
 def _leaf_fingerprint(bundle: PemBundle) -> str:

@@ -19,11 +19,17 @@ from .errors import ConfigError
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
 _WILDCARD = re.compile(rf"\*\.(?:{_LABEL}\.)*{_LABEL}")
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@" + _HOST_NAME.pattern, re.I)
+# The local part leaves out '#' (starts a comment in haproxy.cfg), "'" (starts a
+# quoted string) and '$' (variable expansion) from RFC 5322's atom characters.
+_EMAIL = re.compile(r"[A-Za-z0-9.!%&*+/=?^_`{|}~-]+@" + _HOST_NAME.pattern, re.I)
 # Characters allowed in a path written into haproxy.cfg: no white space, no
 # quotes, no '$' (variable expansion), no '#' (comment).
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._/@+=,:-]+")
-_URL_TEXT = re.compile(r"[A-Za-z0-9._~:/?\[\]@!&'()*+,;=%-]+")
+# RFC 3986 URL characters without "'", which starts a quoted string in haproxy.cfg.
+_URL_TEXT = re.compile(r"[A-Za-z0-9._~:/?\[\]@!&()*+,;=%-]+")
+# ASCII digits only: str.isdigit() also accepts characters such as '²' that
+# int() rejects.
+_DIGITS = re.compile(r"[0-9]+")
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -211,10 +217,14 @@ class _Reader:
             return None
         if not _SAFE_PATH.fullmatch(value):
             raise ConfigError(name, value, _PATH_RULE)
-        path = Path(value)
+        # The working directory is prepended to a relative value and lands in
+        # haproxy.cfg too, so the absolute path is checked again.
+        path = Path(value).absolute()
+        if not _SAFE_PATH.fullmatch(str(path)):
+            raise ConfigError(name, str(path), f"as an absolute path, {_PATH_RULE}")
         if not path.is_file():
             raise ConfigError(name, value, "file not found")
-        return path.absolute()
+        return path
 
     def https_url(self, name: str) -> str:
         value = self._required(
@@ -271,7 +281,7 @@ class _Reader:
         value = self._get(name)
         if value is None:
             return default
-        if not value.isdigit() or not minimum <= int(value) <= maximum:
+        if not _DIGITS.fullmatch(value) or not minimum <= int(value) <= maximum:
             raise ConfigError(
                 name, value, f"must be a whole number from {minimum} to {maximum}"
             )
@@ -317,7 +327,11 @@ _PATH_RULE = "paths may contain only letters, digits and . _ / @ + = , : -"
 def _parse_endpoint(name: str, value: str, *, allow_any: bool) -> Endpoint:
     """Parse ``host:port``, ``[v6]:port`` or, for binds, ``*:port`` / ``:port``."""
     host, separator, port_text = value.rpartition(":")
-    if not separator or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if (
+        not separator
+        or not _DIGITS.fullmatch(port_text)
+        or not 0 < int(port_text) < 65536
+    ):
         raise ConfigError(name, value, "must be host:port with a port from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         address = host[1:-1]
@@ -333,6 +347,10 @@ def _parse_endpoint(name: str, value: str, *, allow_any: bool) -> Endpoint:
             value,
             "the host must be an IPv4 address or an IPv6 address in brackets",
         ) from exc
+    # Python accepts any text after '%' as an IPv6 zone, even spaces and
+    # newlines. HAProxy 3.2 rejects a zone in a bind address, so none is allowed.
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.scope_id is not None:
+        raise ConfigError(name, value, "an IPv6 address must not have a %zone")
     if parsed.version == 6 and host == address:
         raise ConfigError(name, value, "write an IPv6 address in brackets: [::1]:53")
     return Endpoint(host, int(port_text))

@@ -28,7 +28,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
 )
-_KEY_LABELS = {b"PRIVATE KEY", b"EC PRIVATE KEY", b"RSA PRIVATE KEY"}
+# "ENCRYPTED PRIVATE KEY" (PKCS#8) is listed so that it counts as a key and
+# gets the "encrypted" message from the loader.
+_KEY_LABELS = {
+    b"PRIVATE KEY",
+    b"ENCRYPTED PRIVATE KEY",
+    b"EC PRIVATE KEY",
+    b"RSA PRIVATE KEY",
+}
 _IGNORED_LABELS = {b"EC PARAMETERS", b"DH PARAMETERS"}
 
 
@@ -71,12 +78,17 @@ class PemBundle:
 def parse_bundle(data: bytes) -> PemBundle:
     """Parse PEM text into a bundle, accepting LF or CRLF line ends.
 
-    Raises ``PemError`` when a block is unreadable, a key is encrypted, or the
-    text holds more than one private key.
+    Text between blocks is ignored, as OpenSSL does. Raises ``PemError`` when a
+    block is unreadable or has no END line, a key is encrypted, or the text
+    contains more than one private key.
     """
+    text = data.replace(b"\r\n", b"\n")
     key: PrivateKeyTypes | None = None
     certificates: list[x509.Certificate] = []
-    for match in _PEM_BLOCK.finditer(data.replace(b"\r\n", b"\n")):
+    gap_start = 0
+    for match in _PEM_BLOCK.finditer(text):
+        _check_gap(text[gap_start : match.start()])
+        gap_start = match.end()
         label, block = match.group(1), match.group(0)
         if label == b"CERTIFICATE":
             certificates.append(_load_certificate(block))
@@ -86,7 +98,14 @@ def parse_bundle(data: bytes) -> PemBundle:
             key = _load_private_key(block)
         elif label not in _IGNORED_LABELS:
             raise PemError(f"contains an unexpected PEM block '{label.decode()}'")
+    _check_gap(text[gap_start:])
     return PemBundle(key, tuple(certificates))
+
+
+def _check_gap(text: bytes) -> None:
+    """Reject a BEGIN line outside any block, as left by a truncated file."""
+    if b"-----BEGIN " in text:
+        raise PemError("contains a PEM block without a matching END line")
 
 
 def read_bundle(path: Path) -> PemBundle:
@@ -157,11 +176,12 @@ def covers(names: Iterable[str], domain: str) -> bool:
     """
     domain = domain.lower()
     for name in names:
-        if name == domain:
+        lowered = name.lower()
+        if lowered == domain:
             return True
-        if name.startswith("*.") and not domain.startswith("*."):
+        if lowered.startswith("*.") and not domain.startswith("*."):
             head, _, rest = domain.partition(".")
-            if head and rest == name[2:]:
+            if head and rest == lowered[2:]:
                 return True
     return False
 
@@ -257,15 +277,16 @@ def is_self_signed(certificate: x509.Certificate) -> bool:
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file.
 
-    The temporary file is created with ``mode`` from the start, so key material
-    is never readable by others, not even for an instant. It is fsynced before
-    the rename and the directory after it, so a crash leaves one whole file.
+    ``mkstemp`` creates the temporary file with mode 0600 and ``mode`` is set
+    before any data is written, so key material is never readable by others,
+    not even for an instant. The file is fsynced before the rename and the
+    directory after it, so a crash leaves one whole file.
     """
     directory = path.parent
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
-        os.fchmod(descriptor, mode)
         with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

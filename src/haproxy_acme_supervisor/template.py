@@ -90,3 +90,7 @@ def render_config(settings: Settings) -> str:
         raise TemplateError(
             template_path, f"uses an undefined variable: {exc}"
         ) from exc
+    except (jinja2.TemplateError, TypeError) as exc:
+        # The context contains plain values, so these come from the template.
+        # For example, {% include %} raises TypeError because no loader is set up.
+        raise TemplateError(template_path, f"failed to render: {exc}") from exc

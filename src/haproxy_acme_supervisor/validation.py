@@ -127,11 +127,21 @@ def _check_chain(certificates: Sequence[x509.Certificate], leaf_sha256: str) -> 
     for position, (child, issuer) in enumerate(
         itertools.pairwise(certificates), start=1
     ):
+        if child.issuer != issuer.subject:
+            raise BundleRejectedError(
+                "the staged chain is out of order: a certificate's issuer is not "
+                "the subject of the certificate after it",
+                position=str(position),
+                issuer=child.issuer.rfc4514_string(),
+                next_subject=issuer.subject.rfc4514_string(),
+                sha256=leaf_sha256,
+            )
         try:
             child.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature) as exc:
             raise BundleRejectedError(
-                "the staged chain is out of order or broken",
+                "the staged chain is broken: a certificate's signature does not "
+                "verify with the key of the certificate after it",
                 position=str(position),
                 detail=str(exc) or type(exc).__name__,
                 sha256=leaf_sha256,
