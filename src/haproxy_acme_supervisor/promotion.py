@@ -116,7 +116,8 @@ class Promoter:
         if served_serial != validated.serial.lstrip("0"):
             raise RuntimeApiError(
                 f"show ssl cert {live_name}",
-                f"serves serial {served_serial} after commit, expected {validated.serial}",
+                f"serial {served_serial} served after commit, "
+                f"expected {validated.serial}",
             )
 
         atomic_write(self.paths.live, payload, mode=0o600)

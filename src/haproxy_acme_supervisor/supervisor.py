@@ -67,11 +67,13 @@ class Supervisor:
         self.settings = settings
         self.reaper = ChildReaper()
         self.api = RuntimeApi(settings.admin_socket)
+        self.master = RuntimeApi(settings.master_socket)
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
         self._wakeup = asyncio.Event()
         self._announced = False
         self.haproxy: HAProxyProcess | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._events: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         """Run the whole boot sequence, then supervise until stopped."""
@@ -241,20 +243,34 @@ class Supervisor:
         return ExitCode.OK
 
     async def _reload(self) -> None:
-        """Re-render and check the configuration, then reload HAProxy's master."""
-        assert self.haproxy is not None
+        """Re-render and check the configuration, then reload HAProxy.
+
+        The reload goes through the master CLI, which answers only once the new
+        worker has loaded (or failed to), so the result can be logged. The
+        event ring and the admin socket belong to the old worker, so the event
+        stream is reopened on the new one and the staged bundle checked again.
+        """
         try:
             await self._write_config()
         except SupervisorError as exc:
             log.error("reload_rejected", error=str(exc))
             return
-        self.haproxy.send(signal.SIGUSR2)
-        log.info("reload_requested")
+        try:
+            answer = await self.master.execute("reload")
+        except OSError as exc:
+            log.error("reload_failed", error=str(exc))
+            return
+        if not answer.startswith("Success=1"):
+            alerts = [line for line in answer.splitlines() if "[ALERT]" in line]
+            log.error("reload_failed", error=(alerts or [answer.strip()])[0])
+            return
+        log.info("reloaded")
+        self._restart_events()
         self._wakeup.set()
 
     async def _watch(self, promoters: list[Promoter]) -> None:
-        """Promote staged bundles when HAProxy announces them, polling as a safety net."""
-        events = asyncio.create_task(self._follow_events(), name="events")
+        """Promote staged bundles when HAProxy announces them; poll as a safety net."""
+        self._restart_events()
         try:
             announced = False
             while True:
@@ -269,9 +285,17 @@ class Supervisor:
                 self._wakeup.clear()
                 announced, self._announced = self._announced, False
         finally:
-            events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await events
+            if self._events is not None:
+                self._events.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._events
+                self._events = None
+
+    def _restart_events(self) -> None:
+        """(Re)open the event stream; closing the old one frees the old worker."""
+        if self._events is not None:
+            self._events.cancel()
+        self._events = asyncio.create_task(self._follow_events(), name="events")
 
     async def _check(self, promoter: Promoter, *, announced: bool) -> None:
         try:
