@@ -10,7 +10,8 @@ HAPROXY_VERSION ?=
 
 .PHONY: setup demo test test-unit lint clean
 
-setup: $(VENV)/.installed $(BIN)/haproxy $(BIN)/pebble
+# The tests run against the default HAProxy and against 3.4, the newest build.
+setup: $(VENV)/.installed $(BIN)/haproxy $(BIN)/haproxy-3.4 $(BIN)/pebble
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: the real HAProxy binary and Pebble."""
+"""Fixtures shared by the whole suite: the real HAProxy builds under test."""
 
 import os
 import shutil
@@ -8,19 +8,38 @@ import pytest
 
 from .harness import REPO
 
-
-def _tool(variable: str, name: str) -> Path:
-    configured = os.environ.get(variable)
-    candidate = Path(configured) if configured else REPO / ".venv" / "bin" / name
-    if not candidate.exists():
-        found = shutil.which(name)
-        if found is None:
-            pytest.fail(f"{name} not found: run 'make setup' or set {variable}")
-        candidate = Path(found)
-    return candidate
+VENV_BIN = REPO / ".venv" / "bin"
 
 
-@pytest.fixture(scope="session")
-def haproxy_bin() -> Path:
-    """The HAProxy 3.2+ binary under test (HAPROXY_BIN or .venv/bin/haproxy)."""
-    return _tool("HAPROXY_BIN", "haproxy")
+def _haproxy_builds() -> list[Path]:
+    """HAPROXY_BIN alone if set; otherwise the default build and 3.4 if present."""
+    configured = os.environ.get("HAPROXY_BIN")
+    if configured:
+        return [Path(configured)]
+    builds: list[Path] = []
+    default = VENV_BIN / "haproxy"
+    if default.exists():
+        builds.append(default)
+    else:
+        found = shutil.which("haproxy")
+        if found:
+            builds.append(Path(found))
+    newest = VENV_BIN / "haproxy-3.4"
+    if newest.exists() and all(b.resolve() != newest.resolve() for b in builds):
+        builds.append(newest)
+    return builds
+
+
+HAPROXY_BUILDS = _haproxy_builds()
+
+
+@pytest.fixture(
+    scope="session",
+    params=HAPROXY_BUILDS or [None],
+    ids=[build.name for build in HAPROXY_BUILDS] or ["missing"],
+)
+def haproxy_bin(request: pytest.FixtureRequest) -> Path:
+    """Each HAProxy 3.2+ build under test: HAPROXY_BIN, or .venv's builds."""
+    if request.param is None:
+        pytest.fail("no HAProxy found: run 'make setup' or set HAPROXY_BIN")
+    return Path(request.param)

@@ -122,6 +122,7 @@ class Settings:
     require_seeded_key: bool
     reuse_key: bool
     insecure_skip_verify: bool
+    renew_on_start: str
     stop_grace_seconds: float
     staged_poll_seconds: float
 
@@ -173,6 +174,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         require_seeded_key=reader.boolean("CERTLOCKER_ACME_REQUIRE_SEEDED_KEY", True),
         reuse_key=reader.boolean("ACME_REUSE_KEY", True),
         insecure_skip_verify=reader.boolean("ACME_INSECURE_SKIP_VERIFY", False),
+        renew_on_start=reader.choice(
+            "ACME_RENEW_ON_START", ("auto", "always", "never"), "auto"
+        ),
         stop_grace_seconds=reader.seconds("STOP_GRACE_SECONDS", 10.0),
         staged_poll_seconds=reader.seconds("STAGED_POLL_SECONDS", 300.0),
     )

@@ -9,6 +9,7 @@ watch loop, which promotes what HAProxy stages.
 
 import asyncio
 import contextlib
+import datetime
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,9 +28,10 @@ from .errors import (
     TemplateError,
 )
 from .haproxy import HAProxyProcess, check_config, read_version
-from .pem import atomic_write
+from .pem import PemBundle, PemError, atomic_write, read_bundle
 from .processes import ChildReaper, describe_exit
 from .promotion import Outcome, Promoter
+from .renewal import RENEW_RETRY_INTERVAL, RenewalPlan, plan_renewal
 from .runtime import RuntimeApi
 from .template import render_config
 
@@ -74,6 +76,7 @@ class Supervisor:
         self.haproxy: HAProxyProcess | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._events: asyncio.Task[None] | None = None
+        self._renew_requested: dict[str, datetime.datetime] = {}
 
     async def run(self) -> int:
         """Run the whole boot sequence, then supervise until stopped."""
@@ -123,7 +126,7 @@ class Supervisor:
         ]
         for promoter in promoters:
             await promoter.remember_loaded()
-            await self._renew(promoter.spec.staged_ref)
+            await self._renew_on_start(promoter)
 
         self._watcher = asyncio.create_task(self._watch(promoters), name="watch")
         try:
@@ -183,8 +186,62 @@ class Supervisor:
             ) from exc
         log.info("admin_socket_ready", path=str(self.settings.admin_socket))
 
-    async def _renew(self, certificate: str) -> None:
-        answer = await self.api.acme_renew(certificate)
+    def _plan(self, promoter: Promoter) -> RenewalPlan:
+        try:
+            live: PemBundle | None = read_bundle(self.settings.paths.live)
+        except (OSError, PemError):
+            live = None
+        return plan_renewal(
+            live,
+            promoter.spec.domains,
+            throwaway_fingerprints=promoter.throwaway_fingerprints,
+            now=_utc_now(),
+        )
+
+    async def _renew_on_start(self, promoter: Promoter) -> None:
+        """Order at start as ACME_RENEW_ON_START says, and log why."""
+        mode = self.settings.renew_on_start
+        plan = self._plan(promoter)
+        if mode == "always":
+            order, reason = True, "ACME_RENEW_ON_START=always"
+        elif mode == "never":
+            order, reason = False, f"ACME_RENEW_ON_START=never; {plan.reason}"
+            # The first renewal check while running waits one retry interval.
+            self._renew_requested[promoter.spec.name] = _utc_now()
+        else:
+            order, reason = plan.order_now, plan.reason
+        log.info(
+            "renew_on_start",
+            cert=promoter.spec.name,
+            decision="order" if order else "skip",
+            reason=reason,
+        )
+        if order:
+            await self._renew(promoter)
+
+    async def _renew_if_due(self, promoter: Promoter) -> float:
+        """Order when live.pem falls due; returns seconds until the next look."""
+        plan = self._plan(promoter)
+        now = _utc_now()
+        last = self._renew_requested.get(promoter.spec.name)
+        retry_at = last + RENEW_RETRY_INTERVAL if last else now
+        if plan.order_now and now >= retry_at:
+            log.info("renewal_due", cert=promoter.spec.name, reason=plan.reason)
+            await self._renew(promoter)
+            retry_at = now + RENEW_RETRY_INTERVAL
+        next_look = retry_at if plan.order_now else plan.due_at
+        if next_look is None:
+            return self.settings.staged_poll_seconds
+        return max(1.0, (next_look - now).total_seconds())
+
+    async def _renew(self, promoter: Promoter) -> None:
+        certificate = promoter.spec.staged_ref
+        self._renew_requested[promoter.spec.name] = _utc_now()
+        try:
+            answer = await self.api.acme_renew(certificate)
+        except OSError as exc:
+            log.error("acme_renew_failed", cert=certificate, error=str(exc))
+            return
         log.info("acme_renew_requested", cert=certificate, response=answer)
 
     async def _supervise(self) -> int:
@@ -274,12 +331,12 @@ class Supervisor:
         try:
             announced = False
             while True:
+                timeout = self.settings.staged_poll_seconds
                 for promoter in promoters:
                     await self._check(promoter, announced=announced)
+                    timeout = min(timeout, await self._renew_if_due(promoter))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wakeup.wait(), self.settings.staged_poll_seconds
-                    )
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
                 # Clear and read together, with no await in between, so an
                 # announcement made during a check is not lost.
                 self._wakeup.clear()
@@ -318,6 +375,10 @@ class Supervisor:
             except OSError as exc:
                 log.debug("event_stream_unavailable", error=str(exc))
             await asyncio.sleep(EVENT_STREAM_RETRY_SECONDS)
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def run(settings: Settings) -> int:

@@ -1,0 +1,74 @@
+"""When to order: at start, and whenever the live certificate falls due.
+
+HAProxy's own ACME scheduler looks at the staging store. After a restart that
+store holds the seeded file again, not the certificate being served, so the
+scheduler would order too often (a short-lived seed) or too late (a long-lived
+one). The supervisor therefore turns HAProxy's scheduler off (``acme.scheduler
+off`` in the template) and decides from ``live.pem`` instead, which also keeps
+restarts from spending the CA's rate limits.
+"""
+
+import datetime
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from .pem import PemBundle, covers, dns_names, fingerprint
+
+# A certificate is due for renewal in the last third of its lifetime, or 30
+# days before it expires, whichever comes first.
+RENEWAL_MARGIN = datetime.timedelta(days=30)
+# How long to wait before asking HAProxy again after an order that did not
+# lead to a promotion. HAProxy retries a failing order on its own meanwhile.
+RENEW_RETRY_INTERVAL = datetime.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class RenewalPlan:
+    """Whether to order now, why, and when the live certificate falls due."""
+
+    order_now: bool
+    reason: str
+    due_at: datetime.datetime | None
+
+
+def due_time(leaf: x509.Certificate) -> datetime.datetime:
+    """Return when ``leaf`` enters its renewal window."""
+    not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    last_third = not_after - (not_after - not_before) / 3
+    return min(last_third, not_after - RENEWAL_MARGIN)
+
+
+def plan_renewal(
+    live: PemBundle | None,
+    domains: Sequence[str],
+    *,
+    throwaway_fingerprints: Collection[str],
+    now: datetime.datetime,
+) -> RenewalPlan:
+    """Decide from the live bundle whether a new certificate is needed now."""
+    leaf = live.leaf if live is not None else None
+    if leaf is None:
+        return RenewalPlan(True, "live.pem has no certificate", None)
+    if fingerprint(leaf) in throwaway_fingerprints:
+        return RenewalPlan(True, "live.pem holds the bootstrap certificate", None)
+
+    names = dns_names(leaf)
+    missing = [domain for domain in domains if not covers(names, domain)]
+    if missing:
+        return RenewalPlan(
+            True, f"live.pem does not cover {', '.join(missing)}", due_time(leaf)
+        )
+
+    due_at = due_time(leaf)
+    expiry = leaf.not_valid_after_utc.isoformat()
+    if now >= due_at:
+        return RenewalPlan(
+            True, f"live.pem expires {expiry} and is due for renewal", due_at
+        )
+    return RenewalPlan(
+        False,
+        f"live.pem is valid until {expiry}; renewal due {due_at.isoformat()}",
+        due_at,
+    )
