@@ -1,9 +1,10 @@
 """Settings of the ``run`` command, read from the environment and validated.
 
 Every value ends up inside ``haproxy.cfg``. HAProxy's parser splits on white
-space, expands ``${VAR}`` inside double quotes and treats ``#`` as a comment,
-so each value is checked against a strict pattern here: a value that passes
-cannot add a line, a keyword or a variable expansion to the configuration.
+space, expands ``${VAR}`` inside double quotes and treats ``#`` as a comment.
+Each value is therefore checked against a strict pattern here, and a value that
+passes cannot add a line, a keyword or a variable expansion to the
+configuration.
 """
 
 import ipaddress

@@ -233,7 +233,7 @@ def make_self_signed(
 ) -> PemBundle:
     """Create a self-signed EC P-256 certificate and key, for throwaway use.
 
-    Used for ``bootstrap.pem`` (so :443 answers before any real certificate
+    Used for ``bootstrap.pem`` (so :443 accepts TLS before any real certificate
     exists) and for the placeholder staging file in lab mode.
     """
     key = ec.generate_private_key(ec.SECP256R1())

@@ -1,10 +1,10 @@
 """Promotion of a staged bundle into the live file HAProxy serves on TLS.
 
-The staged bundle is fetched from HAProxy with ``dump ssl cert``, validated by
-``validation.validate_bundle``, swapped into the running HAProxy with ``set ssl
-cert`` and ``commit ssl cert`` (no reload, no dropped connection), confirmed by
-the serial ``show ssl cert`` reports, and only then written to ``live.pem`` on
-disk, so a restart serves it too.
+The staged bundle is fetched from HAProxy with ``dump ssl cert`` and validated
+by ``validation.validate_bundle``. It is then swapped into the running HAProxy
+with ``set ssl cert`` and ``commit ssl cert``, which needs no reload and drops
+no connection. Once ``show ssl cert`` reports its serial, it is written to
+``live.pem`` on disk, so a restart serves it too.
 """
 
 import datetime
@@ -26,7 +26,7 @@ Clock = Callable[[], datetime.datetime]
 
 
 class Outcome(Enum):
-    """What one look at the staged bundle led to."""
+    """Result of one check of the staged bundle."""
 
     PROMOTED = "promoted"
     ALREADY_LIVE = "already_live"
@@ -50,7 +50,7 @@ class Promoter:
     async def remember_loaded(self) -> None:
         """Record what HAProxy loaded from disk, so polling skips it.
 
-        At start the staging store holds the seeded file, not something
+        At start the staging store contains the seeded file, not something
         HAProxy's ACME client fetched. A poll promotes only a bundle that
         differs from it; an ``acme newcert`` event always leads to a check.
         """

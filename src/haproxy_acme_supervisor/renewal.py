@@ -1,11 +1,11 @@
 """When to order: at start, and whenever the live certificate falls due.
 
 HAProxy's own ACME scheduler looks at the staging store. After a restart that
-store holds the seeded file again, not the certificate being served, so the
-scheduler would order too often (a short-lived seed) or too late (a long-lived
-one). The supervisor therefore turns HAProxy's scheduler off (``acme.scheduler
-off`` in the template) and decides from ``live.pem`` instead, which also keeps
-restarts from spending the CA's rate limits.
+store contains the seeded file again, not the certificate being served. The
+scheduler would then order too often with a short-lived seed, and too late with
+a long-lived one. The supervisor therefore turns HAProxy's scheduler off
+(``acme.scheduler off`` in the template) and decides from ``live.pem``
+instead, which also keeps restarts from spending the CA's rate limits.
 """
 
 import datetime
@@ -17,7 +17,9 @@ from cryptography import x509
 from .pem import PemBundle, covers, dns_names, fingerprint
 
 # A certificate is due for renewal in the last third of its lifetime, or 30
-# days before it expires, whichever comes first.
+# days before it expires, whichever comes first. The 30-day rule applies only
+# to lifetimes of 60 days or more: for a short-lived certificate (Let's Encrypt
+# offers 6-day ones) it would fall before issuance and order without end.
 RENEWAL_MARGIN = datetime.timedelta(days=30)
 # How long to wait before asking HAProxy again after an order that did not
 # lead to a promotion. HAProxy retries a failing order on its own meanwhile.
@@ -36,7 +38,10 @@ class RenewalPlan:
 def due_time(leaf: x509.Certificate) -> datetime.datetime:
     """Return when ``leaf`` enters its renewal window."""
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-    last_third = not_after - (not_after - not_before) / 3
+    lifetime = not_after - not_before
+    last_third = not_after - lifetime / 3
+    if lifetime < 2 * RENEWAL_MARGIN:
+        return last_third
     return min(last_third, not_after - RENEWAL_MARGIN)
 
 

@@ -1,7 +1,7 @@
 """Rendering of ``haproxy.cfg`` from the Jinja2 template.
 
-The template sees plain strings only, built here from validated settings, and
-renders with ``StrictUndefined`` so a misspelt variable fails the start rather
+The template receives plain strings only, built here from validated settings,
+and renders with ``StrictUndefined`` so a misspelt variable fails the start rather
 than silently producing an empty keyword.
 """
 

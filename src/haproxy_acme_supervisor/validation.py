@@ -2,7 +2,8 @@
 
 HAProxy 3.2 to 3.4 store whatever certificate the CA returns next to the CSR's
 key without comparing them, and log the order as a success. These checks are
-what stands between that staging store and the certificate clients receive.
+the only barrier between that staging store and the certificate that clients
+receive.
 """
 
 import datetime
@@ -44,10 +45,11 @@ def validate_bundle(
 ) -> ValidatedBundle:
     """Check that ``bundle`` is safe to serve for ``domains`` at ``now``.
 
-    The checks, in order: a key and a leaf are present; the key belongs to the
-    leaf; the leaf is not a throwaway (bootstrap or placeholder) certificate;
-    ``now`` is inside the leaf's validity window; the leaf's DNS names cover
-    every domain; each chain certificate signed the one before it.
+    The checks run in this order. A key and a leaf must be present, and the
+    key must belong to the leaf. The leaf must not be a throwaway (bootstrap
+    or placeholder) certificate, and ``now`` must be inside its validity
+    window. Its DNS names must cover every domain. Each chain certificate must
+    have signed the one before it.
 
     Raises ``BundleRejectedError`` with the reason and hashes safe to log.
     """

@@ -30,7 +30,7 @@ STOP_TIMEOUT_SECONDS = 20.0
 
 
 class DemoError(Exception):
-    """A step of the demo failed; the message says which."""
+    """A step of the demo failed; the message names the step."""
 
 
 @dataclass
