@@ -9,6 +9,7 @@ import structlog
 from . import __version__, logs
 from .config import load_settings
 from .errors import ConfigError, ExitCode
+from .signals import block_signals
 
 log = structlog.get_logger("cli")
 
@@ -16,6 +17,8 @@ log = structlog.get_logger("cli")
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit code."""
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["run"]:
+        block_signals()
     if arguments[:1] == ["lab"]:
         from .lab.cli import main as lab_main
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from .errors import HAProxyStartError, TemplateError
+from .pem import atomic_write
 from .processes import ChildReaper, describe_exit, run_captured
 
 log = structlog.get_logger("haproxy")
@@ -74,6 +75,26 @@ async def check_config(reaper: ChildReaper, binary: str, config: Path) -> None:
     alerts = [line for line in output.splitlines() if "[ALERT]" in line]
     reason = alerts[0] if alerts else (output.strip().splitlines() or ["no output"])[-1]
     raise TemplateError(config, f"rejected by 'haproxy -c': {reason.strip()}")
+
+
+async def install_config(
+    reaper: ChildReaper, binary: str, text: str, config: Path
+) -> None:
+    """Replace ``config`` with ``text`` only once ``haproxy -c`` accepts it.
+
+    The candidate is checked under a name of its own, so a rejected one leaves
+    the file the running master re-reads on its next reload as it was. Raises
+    ``TemplateError`` as ``check_config`` does, or when a file cannot be written.
+    """
+    candidate = config.with_name(f"{config.name}.candidate")
+    try:
+        atomic_write(candidate, text.encode(), mode=0o600)
+        await check_config(reaper, binary, candidate)
+        candidate.replace(config)
+    except OSError as exc:
+        raise TemplateError(config, f"cannot be written: {exc.strerror}") from exc
+    finally:
+        candidate.unlink(missing_ok=True)
 
 
 class HAProxyProcess:

@@ -5,6 +5,12 @@ One asyncio loop runs everything. Signal handlers registered with
 takes it from there, so nothing is logged or awaited inside a handler. The
 main task waits on three things at once: a signal, HAProxy's exit, and the
 watch loop, which promotes what HAProxy stages.
+
+As PID 1 of a container, the kernel drops every signal this process has no
+handler for (only SIGKILL and SIGSTOP get through), so a signal outside
+``STOP_SIGNALS`` and ``RELOAD_SIGNALS`` does nothing. Stop signals escalate:
+the first asks HAProxy for a soft stop, the second for a hard stop, the third
+kills it.
 """
 
 import asyncio
@@ -27,18 +33,17 @@ from .errors import (
     SupervisorError,
     TemplateError,
 )
-from .haproxy import HAProxyProcess, check_config, read_version
-from .pem import PemBundle, PemError, atomic_write, read_bundle
+from .haproxy import HAProxyProcess, install_config, read_version
+from .pem import PemBundle, PemError, read_bundle
 from .processes import ChildReaper, describe_exit
 from .promotion import Outcome, Promoter
 from .renewal import RENEW_RETRY_INTERVAL, RenewalPlan, plan_renewal
 from .runtime import RuntimeApi
+from .signals import HANDLED_SIGNALS, RELOAD_SIGNALS, STOP_SIGNALS
 from .template import render_config
 
 log = structlog.get_logger("supervisor")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR2)
 ADMIN_SOCKET_TIMEOUT_SECONDS = 30.0
 # How long to wait before reconnecting to the event ring after it closed.
 EVENT_STREAM_RETRY_SECONDS = 1.0
@@ -79,14 +84,46 @@ class Supervisor:
         self._renew_requested: dict[str, datetime.datetime] = {}
 
     async def run(self) -> int:
-        """Run the whole boot sequence, then supervise until stopped."""
+        """Run the whole boot sequence, then supervise until stopped.
+
+        A stop signal that arrives during boot cancels the boot, stops HAProxy
+        if it was started, and exits 0. Boot can take as long as the admin
+        socket timeout, longer than a container runtime waits before SIGKILL.
+        """
         loop = asyncio.get_running_loop()
         self.reaper.install(loop)
-        for signal_number in (*STOP_SIGNALS, *RELOAD_SIGNALS):
+        for signal_number in HANDLED_SIGNALS:
             loop.add_signal_handler(
                 signal_number, self._signals.put_nowait, signal_number
             )
+        # Signals blocked since the process started (see block_signals) are
+        # delivered now, to the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
+        boot = asyncio.create_task(self._boot(), name="boot")
+        while not boot.done():
+            signal_wait = asyncio.ensure_future(self._signals.get())
+            await asyncio.wait({boot, signal_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not signal_wait.done():
+                signal_wait.cancel()
+                continue
+            received = signal_wait.result()
+            if received in STOP_SIGNALS:
+                return await self._abort_boot(boot, received)
+            log.warning("reload_ignored_during_boot", signal=received.name)
+
+        try:
+            boot.result()
+            return await self._supervise()
+        except BaseException:
+            if self.haproxy is not None:
+                await self.haproxy.stop(self.settings.stop_grace_seconds)
+            raise
+        finally:
+            await self._stop_watching()
+
+    async def _boot(self) -> None:
+        """Prepare files, start HAProxy, connect, order, and start watching."""
         report = bootcheck.prepare_cert_dir(self.settings)
         version = await read_version(self.reaper, self.settings.haproxy_bin)
         log.info(
@@ -107,14 +144,6 @@ class Supervisor:
             self.settings.master_socket,
         )
         self.haproxy.start()
-        try:
-            return await self._serve(report)
-        except BaseException:
-            await self.haproxy.stop(self.settings.stop_grace_seconds)
-            raise
-
-    async def _serve(self, report: bootcheck.BootReport) -> int:
-        """Connect to HAProxy, order, and supervise until told to stop."""
         await self._wait_for_admin_socket()
 
         throwaway = {report.bootstrap_fingerprint}
@@ -129,10 +158,19 @@ class Supervisor:
             await self._renew_on_start(promoter)
 
         self._watcher = asyncio.create_task(self._watch(promoters), name="watch")
-        try:
-            return await self._supervise()
-        finally:
-            await self._stop_watching()
+
+    async def _abort_boot(
+        self, boot: "asyncio.Task[None]", signal_number: signal.Signals
+    ) -> int:
+        """Cancel an unfinished boot on a stop signal and stop what it started."""
+        log.info("stop_requested_during_boot", signal=signal_number.name)
+        boot.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SupervisorError):
+            await boot
+        if self.haproxy is not None and self.haproxy.pid is not None:
+            return await self._stop(signal_number)
+        log.info("supervisor_stopped", during="boot")
+        return ExitCode.OK
 
     async def _stop_watching(self) -> None:
         """Cancel the watch loop, which also closes its admin socket sessions."""
@@ -144,15 +182,15 @@ class Supervisor:
         self._watcher = None
 
     async def _write_config(self) -> None:
-        """Render the template, write it, and have HAProxy check it."""
-        text = render_config(self.settings)
+        """Render the template and install it once ``haproxy -c`` accepts it."""
         path = self.settings.rendered_config
         try:
             self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, text.encode(), mode=0o600)
         except OSError as exc:
             raise TemplateError(path, f"cannot be written: {exc.strerror}") from exc
-        await check_config(self.reaper, self.settings.haproxy_bin, path)
+        await install_config(
+            self.reaper, self.settings.haproxy_bin, render_config(self.settings), path
+        )
         log.info("config_rendered", path=str(path))
 
     async def _wait_for_admin_socket(self) -> None:
@@ -276,23 +314,34 @@ class Supervisor:
         return _Stopping(haproxy_code=self.haproxy.exit_task.result())
 
     async def _stop(self, signal_number: signal.Signals) -> int:
-        """Stop HAProxy gracefully; a second stop signal skips the grace period."""
+        """Stop HAProxy gracefully and return the exit code.
+
+        A second stop signal skips the grace period with a hard stop (SIGTERM),
+        a third one kills HAProxy. The code is 0 unless HAProxy had to be
+        killed with SIGKILL, by a third signal or after a hard stop failed.
+        """
         assert self.haproxy is not None
         log.info("stop_requested", signal=signal_number.name)
         # An open "show events -w" session would hold a soft-stopping worker.
         await self._stop_watching()
         grace = self.settings.stop_grace_seconds
         stop = asyncio.ensure_future(self.haproxy.stop(grace))
+        escalations = [signal.SIGTERM, signal.SIGKILL]
         while not stop.done():
             signal_wait = asyncio.ensure_future(self._signals.get())
             done, _ = await asyncio.wait(
                 {stop, signal_wait}, return_when=asyncio.FIRST_COMPLETED
             )
-            if signal_wait in done and signal_wait.result() in STOP_SIGNALS:
-                log.warning("stop_forced", signal=signal_wait.result().name)
-                self.haproxy.send(signal.SIGTERM)
-            elif signal_wait not in done:
+            if signal_wait not in done:
                 signal_wait.cancel()
+            elif signal_wait.result() in STOP_SIGNALS:
+                escalation = escalations.pop(0) if escalations else signal.SIGKILL
+                log.warning(
+                    "stop_forced",
+                    signal=signal_wait.result().name,
+                    sent=escalation.name,
+                )
+                self.haproxy.send(escalation)
         code = stop.result()
         if code == -signal.SIGKILL:
             return ExitCode.for_signal(signal.SIGKILL)
@@ -306,9 +355,15 @@ class Supervisor:
         worker has loaded (or failed to), so the result can be logged. The
         event ring and the admin socket belong to the old worker, so the event
         stream is reopened on the new one and the staged bundle checked again.
+        A configuration ``haproxy -c`` rejects never replaces the rendered file.
         """
         try:
-            await self._write_config()
+            await install_config(
+                self.reaper,
+                self.settings.haproxy_bin,
+                render_config(self.settings),
+                self.settings.rendered_config,
+            )
         except SupervisorError as exc:
             log.error("reload_rejected", error=str(exc))
             return
