@@ -10,6 +10,7 @@ import pytest
 from haproxy_acme_supervisor.lab.vault import Vault, provision, write_seed
 
 from ..harness import ManagedProcess, free_port, python_module_argv
+from .pebble import CHALLTESTSRV_BIN, PEBBLE_BIN, PebbleLab
 
 LAB_DOMAIN = "lab.local"
 
@@ -108,3 +109,16 @@ def lab(tmp_path: Path, haproxy_bin: Path) -> Iterator[Lab]:
 
 
 LabFactory = Callable[[], Lab]
+
+
+@pytest.fixture
+def pebble_lab(tmp_path: Path, haproxy_bin: Path) -> Iterator[PebbleLab]:
+    """Folders and ports for runs against Pebble; every process is stopped after."""
+    missing = [str(p) for p in (PEBBLE_BIN, CHALLTESTSRV_BIN) if not p.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: run 'make setup'")
+    lab = PebbleLab(root=tmp_path, haproxy_bin=haproxy_bin)
+    try:
+        yield lab
+    finally:
+        lab.stop_all()
