@@ -45,3 +45,50 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .cache
+
+# Container image, built on a local base image because no registry is reached:
+# docker/build-base-image makes one from Debian sid with Debian's HAProxy.
+DOCKER_CACHE := .cache/docker
+IMAGE ?= haproxy-acme-supervisor:dev
+BASE_HAPROXY_VERSION ?= 3.2
+BASE_IMAGE := haproxy-acme-supervisor-base:$(BASE_HAPROXY_VERSION)
+COMPOSE_PLUGIN_DIR := $(HOME)/.docker/cli-plugins
+
+.PHONY: docker-setup image
+
+# Installs Debian's docker.io if dockerd is missing, starts dockerd in the
+# background unless a daemon answers (it keeps running after make exits), and
+# installs Compose v2 from Debian sid as a Docker CLI plugin.
+docker-setup:
+	@command -v dockerd >/dev/null || { \
+		echo "installing docker.io from the machine's apt sources"; \
+		apt-get -qq update && \
+		DEBIAN_FRONTEND=noninteractive apt-get -qq install -y docker.io >/dev/null; }
+	@mkdir -p $(DOCKER_CACHE)
+	@docker info >/dev/null 2>&1 || { \
+		echo "starting dockerd, log in $(DOCKER_CACHE)/dockerd.log"; \
+		setsid -f dockerd >>$(DOCKER_CACHE)/dockerd.log 2>&1 </dev/null; \
+		for attempt in $$(seq 60); do \
+			docker info >/dev/null 2>&1 && break; sleep 1; \
+		done; \
+		docker info >/dev/null 2>&1 || { \
+			echo "dockerd did not answer within 60 s; see $(DOCKER_CACHE)/dockerd.log" >&2; \
+			exit 1; }; }
+	@docker compose version >/dev/null 2>&1 || \
+		scripts/fetch-debian-tools $(COMPOSE_PLUGIN_DIR) compose
+
+# Certificates added to this machine's trust store (Debian keeps them in
+# /usr/local/share/ca-certificates), such as a TLS-intercepting proxy's CA,
+# are trusted by pip inside the build as well.
+LOCAL_CA_FILES := $(wildcard /usr/local/share/ca-certificates/*.crt)
+BUILD_CA_ARG := $(if $(LOCAL_CA_FILES),--build-arg BUILD_CA_CERTIFICATES="$$(cat $(LOCAL_CA_FILES))")
+
+# The docker build reaches PyPI and the Debian archive through the host's
+# network (--network host), and never pulls an image (--pull=false).
+image: docker-setup
+	@docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || \
+		docker/build-base-image $(BASE_HAPROXY_VERSION) >/dev/null
+	@echo "building $(IMAGE) on $(BASE_IMAGE)"
+	@docker build --pull=false --network host \
+		--build-arg HAPROXY_IMAGE=$(BASE_IMAGE) $(BUILD_CA_ARG) \
+		-f docker/Dockerfile -t $(IMAGE) .
