@@ -1,6 +1,6 @@
 """Tests for renewal.py: when live.pem calls for an order."""
 
-from haproxy_acme_supervisor.pem import PemBundle, fingerprint
+from haproxy_acme_supervisor.pem import PemBundle, fingerprint, public_key_sha256
 from haproxy_acme_supervisor.renewal import RENEWAL_MARGIN, due_time, plan_renewal
 
 from .certificates import DAY, NOW, make_ca, make_leaf
@@ -89,3 +89,43 @@ class TestPlanRenewal:
         live = live_bundle(not_before=NOW - 100 * DAY, not_after=NOW - DAY)
         plan = plan_renewal(live, DOMAINS, throwaway_fingerprints=(), now=NOW)
         assert plan.order_now
+
+
+class TestPlanRenewalChanges:
+    def test_changed_directory_orders(self) -> None:
+        """A valid live.pem from another ACME directory leads to an order."""
+        change = ("https://staging.example/dir", "https://production.example/dir")
+        plan = plan_renewal(
+            live_bundle(),
+            DOMAINS,
+            throwaway_fingerprints=(),
+            now=NOW,
+            directory_change=change,
+        )
+        assert plan.order_now
+        assert "https://production.example/dir" in plan.reason
+
+    def test_reseeded_key_orders(self) -> None:
+        """With key reuse, a live key other than the seeded one leads to an order."""
+        plan = plan_renewal(
+            live_bundle(),
+            DOMAINS,
+            throwaway_fingerprints=(),
+            now=NOW,
+            expected_key_sha256="00" * 32,
+        )
+        assert plan.order_now
+        assert "seeded" in plan.reason
+
+    def test_seeded_key_in_live_skips(self) -> None:
+        """A fresh live.pem carrying the seeded key needs no order."""
+        live = live_bundle()
+        assert live.key is not None
+        plan = plan_renewal(
+            live,
+            DOMAINS,
+            throwaway_fingerprints=(),
+            now=NOW,
+            expected_key_sha256=public_key_sha256(live.key),
+        )
+        assert not plan.order_now

@@ -43,6 +43,8 @@ ACCOUNT_KEY_NAME = "acme.account.key"
 BOOTSTRAP_NAME = "bootstrap.pem"
 STAGED_NAME = "certlocker.acme.pem"
 LIVE_NAME = "live.pem"
+# Where the promoted certificate came from (no key material), beside live.pem.
+LIVE_RECORD_NAME = "live.json"
 
 # The crt-store section and alias under which HAProxy keeps the staged bundle.
 STAGED_STORE = "certlocker-certs"
@@ -81,6 +83,10 @@ class CertPaths:
     @property
     def live(self) -> Path:
         return self.cert_dir / LIVE_NAME
+
+    @property
+    def live_record(self) -> Path:
+        return self.cert_dir / LIVE_RECORD_NAME
 
 
 @dataclass(frozen=True)

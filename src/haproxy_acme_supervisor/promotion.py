@@ -7,10 +7,13 @@ no connection. Once ``show ssl cert`` reports its serial, it is written to
 ``live.pem`` on disk, so a restart serves it too.
 """
 
+import dataclasses
 import datetime
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 import structlog
 
@@ -23,6 +26,35 @@ from .validation import ValidatedBundle, validate_bundle
 log = structlog.get_logger("promotion")
 
 Clock = Callable[[], datetime.datetime]
+
+
+@dataclass(frozen=True)
+class LiveRecord:
+    """Facts about the promoted certificate that the PEM file cannot carry.
+
+    The directory URL lets a restart notice that ACME_DIRECTORY changed (from
+    a staging CA to production, say) although live.pem is still valid.
+    """
+
+    acme_directory: str
+    serial: str
+    sha256: str
+    promoted_at: str
+
+    def to_json(self) -> bytes:
+        return (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode()
+
+    @classmethod
+    def read(cls, path: Path) -> "LiveRecord | None":
+        """Read the record, or return None when it is missing or unreadable."""
+        try:
+            fields = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**{name: str(fields[name]) for name in _RECORD_FIELDS})
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+_RECORD_FIELDS = ("acme_directory", "serial", "sha256", "promoted_at")
 
 
 class Outcome(Enum):
@@ -42,6 +74,7 @@ class Promoter:
     spec: CertificateSpec
     paths: CertPaths
     throwaway_fingerprints: frozenset[str]
+    acme_directory: str
     clock: Clock = field(default=lambda: datetime.datetime.now(datetime.UTC))
     loaded_sha256: str | None = None
     live_sha256: str | None = None
@@ -122,6 +155,13 @@ class Promoter:
 
         atomic_write(self.paths.live, payload, mode=0o600)
         self.live_sha256 = validated.sha256
+        record = LiveRecord(
+            acme_directory=self.acme_directory,
+            serial=validated.serial,
+            sha256=validated.sha256,
+            promoted_at=self.clock().isoformat(),
+        )
+        atomic_write(self.paths.live_record, record.to_json(), mode=0o600)
         log.info(
             "cert_promoted",
             cert=self.spec.name,

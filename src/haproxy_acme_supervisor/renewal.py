@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from .pem import PemBundle, covers, dns_names, fingerprint
+from .pem import PemBundle, covers, dns_names, fingerprint, public_key_sha256
 
 # A certificate is due for renewal in the last third of its lifetime, or 30
 # days before it expires, whichever comes first. The 30-day rule applies only
@@ -51,13 +51,37 @@ def plan_renewal(
     *,
     throwaway_fingerprints: Collection[str],
     now: datetime.datetime,
+    directory_change: tuple[str, str] | None = None,
+    expected_key_sha256: str | None = None,
 ) -> RenewalPlan:
-    """Decide from the live bundle whether a new certificate is needed now."""
+    """Decide from the live bundle whether a new certificate is needed now.
+
+    ``directory_change`` is (recorded, configured) when live.pem came from
+    another ACME directory than the one configured now. ``expected_key_sha256``
+    is the seeded key's hash when every order reuses it, so a reseeded key
+    leads to an order.
+    """
     leaf = live.leaf if live is not None else None
     if leaf is None:
         return RenewalPlan(True, "live.pem has no certificate", None)
     if fingerprint(leaf) in throwaway_fingerprints:
-        return RenewalPlan(True, "live.pem holds the bootstrap certificate", None)
+        return RenewalPlan(True, "live.pem contains the bootstrap certificate", None)
+    if directory_change is not None:
+        recorded, configured = directory_change
+        return RenewalPlan(
+            True,
+            f"live.pem came from {recorded} but ACME_DIRECTORY is {configured}",
+            due_time(leaf),
+        )
+    if expected_key_sha256 is not None:
+        live_key_sha256 = public_key_sha256(leaf.public_key())
+        if live_key_sha256 != expected_key_sha256:
+            return RenewalPlan(
+                True,
+                "live.pem's key is not the seeded key (public sha256 "
+                f"{live_key_sha256}, seeded {expected_key_sha256})",
+                due_time(leaf),
+            )
 
     names = dns_names(leaf)
     missing = [domain for domain in domains if not covers(names, domain)]

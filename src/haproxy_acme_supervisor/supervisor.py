@@ -36,7 +36,7 @@ from .errors import (
 from .haproxy import HAProxyProcess, install_config, read_version
 from .pem import PemBundle, PemError, read_bundle
 from .processes import ChildReaper, describe_exit
-from .promotion import Outcome, Promoter
+from .promotion import LiveRecord, Outcome, Promoter
 from .renewal import RENEW_RETRY_INTERVAL, RenewalPlan, plan_renewal
 from .runtime import RuntimeApi
 from .signals import HANDLED_SIGNALS, RELOAD_SIGNALS, STOP_SIGNALS
@@ -82,6 +82,7 @@ class Supervisor:
         self._watcher: asyncio.Task[None] | None = None
         self._events: asyncio.Task[None] | None = None
         self._renew_requested: dict[str, datetime.datetime] = {}
+        self._report: bootcheck.BootReport | None = None
 
     async def run(self) -> int:
         """Run the whole boot sequence, then supervise until stopped.
@@ -125,10 +126,19 @@ class Supervisor:
     async def _boot(self) -> None:
         """Prepare files, start HAProxy, connect, order, and start watching."""
         report = bootcheck.prepare_cert_dir(self.settings)
+        self._report = report
         version = await read_version(self.reaper, self.settings.haproxy_bin)
         log.info(
             "haproxy_version", version=version.text, binary=self.settings.haproxy_bin
         )
+        wildcards = [name for name in self.settings.domains if name.startswith("*.")]
+        if wildcards:
+            log.warning(
+                "wildcard_needs_dns01",
+                domains=",".join(wildcards),
+                reason="the template answers http-01 only; Let's Encrypt and "
+                "most CAs issue wildcards through dns-01",
+            )
         if self.settings.insecure_skip_verify:
             log.warning(
                 "acme_tls_verification_disabled",
@@ -150,7 +160,13 @@ class Supervisor:
         if report.placeholder_fingerprint:
             throwaway.add(report.placeholder_fingerprint)
         promoters = [
-            Promoter(self.api, spec, self.settings.paths, frozenset(throwaway))
+            Promoter(
+                self.api,
+                spec,
+                self.settings.paths,
+                frozenset(throwaway),
+                self.settings.acme_directory,
+            )
             for spec in self.settings.certificates
         ]
         for promoter in promoters:
@@ -229,11 +245,21 @@ class Supervisor:
             live: PemBundle | None = read_bundle(self.settings.paths.live)
         except (OSError, PemError):
             live = None
+        record = LiveRecord.read(self.settings.paths.live_record)
+        directory_change = None
+        configured = self.settings.acme_directory
+        if record is not None and record.acme_directory != configured:
+            directory_change = (record.acme_directory, configured)
+        expected_key = None
+        if self.settings.reuse_key and self._report is not None:
+            expected_key = self._report.seeded_key_sha256
         return plan_renewal(
             live,
             promoter.spec.domains,
             throwaway_fingerprints=promoter.throwaway_fingerprints,
             now=_utc_now(),
+            directory_change=directory_change,
+            expected_key_sha256=expected_key,
         )
 
     async def _renew_on_start(self, promoter: Promoter) -> None:

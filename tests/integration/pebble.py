@@ -320,13 +320,21 @@ def craft_live(
     *,
     not_after: datetime.datetime,
     lifetime: datetime.timedelta = datetime.timedelta(days=90),
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> CraftedLive:
-    """Create key, leaf and intermediate for ``domain``, as a CA would issue them."""
+    """Create key, leaf and intermediate for ``domain``, as a CA would issue them.
+
+    Pass the seeded ``key`` to stand for a certificate ordered with key reuse.
+    """
     now = datetime.datetime.now(datetime.UTC)
     root = make_ca("Live test root CA", now=now)
     intermediate = make_ca("Live test intermediate CA", issuer=root, now=now)
     leaf = make_leaf(
-        intermediate, [domain], not_before=not_after - lifetime, not_after=not_after
+        intermediate,
+        [domain],
+        not_before=not_after - lifetime,
+        not_after=not_after,
+        key=key,
     )
     pem = bundle_pem(leaf.key, leaf.certificate, intermediate.certificate)
     return CraftedLive(pem, leaf.certificate, root.certificate)

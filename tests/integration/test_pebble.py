@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from haproxy_acme_supervisor.pem import (
     PemBundle,
@@ -199,11 +200,12 @@ def test_restart_serves_promoted_without_order(pebble_lab: PebbleLab) -> None:
 def test_due_certificate_is_renewed_while_serving(pebble_lab: PebbleLab) -> None:
     """A certificate falling due is replaced with no restart or failed handshake."""
     pebble = pebble_lab.start_pebble()
-    pebble_lab.seed()
+    seed = pebble_lab.seed()
+    assert isinstance(seed.key, ec.EllipticCurvePrivateKey)
     # Certificates carry whole seconds, so the due time does too.
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     due_at = now + datetime.timedelta(seconds=15)
-    crafted = craft_live(PEBBLE_DOMAIN, not_after=due_at + RENEWAL_MARGIN)
+    crafted = craft_live(PEBBLE_DOMAIN, not_after=due_at + RENEWAL_MARGIN, key=seed.key)
     pebble_lab.write_live(crafted.pem)
     roots = write_roots(
         pebble_lab.root / "roots.pem", crafted.root, pebble.root_certificate()

@@ -1,5 +1,6 @@
 """The whole boot sequence on real HAProxy against the vault-style lab gateway."""
 
+import json
 import re
 import signal
 import stat
@@ -108,3 +109,41 @@ def test_sigterm_after_promotion_exits_zero(lab: Lab) -> None:
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(timeout=20) == 0
     assert re.search(r"event='supervisor_stopped'", supervisor.output())
+
+
+def test_restart_without_change_skips_order(lab: Lab) -> None:
+    """A restart with a valid promoted live.pem sends the CA no new order."""
+    lab.seed()
+    lab.start_gateway()
+    first = lab.start_supervisor("first")
+    first.wait_for(PROMOTED, timeout=90)
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=20) == 0
+
+    record = json.loads((lab.cert_dir / "live.json").read_text())
+    assert record["acme_directory"] == lab.directory_url
+
+    second = lab.start_supervisor("second")
+    second.wait_for(r"event='renew_on_start'.*decision='skip'")
+    served = served_certificate(lab.https_port, LAB_DOMAIN, ca_file=lab.vault.ca_cert)
+    assert certificate_sha256(served) == fingerprint(vault_leaf(lab))
+    assert "acme_renew_requested" not in second.output()
+
+
+def test_changed_directory_orders_at_restart(lab: Lab) -> None:
+    """A restart pointed at another ACME directory orders although live.pem is valid."""
+    lab.seed()
+    lab.start_gateway()
+    first = lab.start_supervisor("first")
+    first.wait_for(PROMOTED, timeout=90)
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=20) == 0
+    old_directory = lab.directory_url
+
+    lab.start_gateway()
+    assert lab.directory_url != old_directory
+    second = lab.start_supervisor("second")
+    decision = second.wait_for(r"^.*event='renew_on_start'.*$")
+    assert "decision='order'" in decision.group(0)
+    assert old_directory in decision.group(0)
+    second.wait_for(r"event='acme_renew_requested'")
