@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -125,3 +126,69 @@ def served_certificate(
 
 def certificate_sha256(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+@dataclass
+class SupervisorRun:
+    """Folders, ports and processes of one end-to-end run of the supervisor.
+
+    Subclasses name the CA: ``ca_environment`` returns the variables that
+    point the supervisor at it.
+    """
+
+    root: Path
+    haproxy_bin: Path
+    http_port: int = field(default_factory=free_port, kw_only=True)
+    https_port: int = field(default_factory=free_port, kw_only=True)
+    processes: list[ManagedProcess] = field(default_factory=list, kw_only=True)
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def ca_environment(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def supervisor_env(self, **overrides: str) -> dict[str, str]:
+        """The supervisor's environment; an override set to "" removes a variable."""
+        env = dict(os.environ)
+        env.update(
+            HAPROXY_BIN=str(self.haproxy_bin),
+            CERT_DIR=str(self.cert_dir),
+            RUN_DIR=str(self.run_dir),
+            HTTP_BIND=f"127.0.0.1:{self.http_port}",
+            HTTPS_BIND=f"127.0.0.1:{self.https_port}",
+            STOP_GRACE_SECONDS="5",
+        )
+        env.update(self.ca_environment())
+        for name, value in overrides.items():
+            if value == "":
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
+
+    def start_supervisor(
+        self, name: str = "supervisor", **overrides: str
+    ) -> ManagedProcess:
+        """Start ``haproxy-acme-supervisor run`` with its log in ``name``.log."""
+        return self.start(
+            name,
+            python_module_argv("haproxy_acme_supervisor", "run"),
+            env=self.supervisor_env(**overrides),
+        )
+
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        process = ManagedProcess(argv, self.root / f"{name}.log", env=env)
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()

@@ -45,8 +45,8 @@ from ..certificates import (
 from ..conftest import VENV_BIN
 from ..harness import (
     ManagedProcess,
+    SupervisorRun,
     free_port,
-    python_module_argv,
     served_certificate,
 )
 
@@ -181,23 +181,10 @@ class Pebble:
 
 
 @dataclass
-class PebbleLab:
-    """Ports, folders and processes of one run against Pebble."""
+class PebbleLab(SupervisorRun):
+    """A run against Pebble, which issues from each CSR as Let's Encrypt does."""
 
-    root: Path
-    haproxy_bin: Path
-    http_port: int = field(default_factory=free_port)
-    https_port: int = field(default_factory=free_port)
     pebble: Pebble | None = None
-    processes: list[ManagedProcess] = field(default_factory=list)
-
-    @property
-    def cert_dir(self) -> Path:
-        return self.root / "certs"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.root / "run"
 
     @property
     def live_path(self) -> Path:
@@ -244,44 +231,15 @@ class PebbleLab:
         self.live_path.write_bytes(bundle)
         self.live_path.chmod(0o600)
 
-    def supervisor_env(self, **overrides: str) -> dict[str, str]:
-        assert self.pebble is not None
-        env = dict(os.environ)
-        env.update(
-            HAPROXY_BIN=str(self.haproxy_bin),
-            CERT_DIR=str(self.cert_dir),
-            RUN_DIR=str(self.run_dir),
-            ACME_DIRECTORY=self.pebble.directory_url,
-            ACME_DOMAINS=PEBBLE_DOMAIN,
-            ACME_CONTACT="admin@pebble.test",
-            ACME_RESOLVER=self.pebble.resolver,
-            ACME_CA_FILE=str(self.pebble.tls_ca_file),
-            HTTP_BIND=f"127.0.0.1:{self.http_port}",
-            HTTPS_BIND=f"127.0.0.1:{self.https_port}",
-            STOP_GRACE_SECONDS="5",
-        )
-        for name, value in overrides.items():
-            if value == "":
-                env.pop(name, None)
-            else:
-                env[name] = value
-        return env
-
-    def start_supervisor(
-        self, name: str = "supervisor", **overrides: str
-    ) -> ManagedProcess:
-        """Start the supervisor; an override set to "" removes that variable."""
-        process = ManagedProcess(
-            python_module_argv("haproxy_acme_supervisor", "run"),
-            self.root / f"{name}.log",
-            env=self.supervisor_env(**overrides),
-        )
-        self.processes.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
+    def ca_environment(self) -> dict[str, str]:
+        assert self.pebble is not None, "start_pebble() first"
+        return {
+            "ACME_DIRECTORY": self.pebble.directory_url,
+            "ACME_DOMAINS": PEBBLE_DOMAIN,
+            "ACME_CONTACT": "admin@pebble.test",
+            "ACME_RESOLVER": self.pebble.resolver,
+            "ACME_CA_FILE": str(self.pebble.tls_ca_file),
+        }
 
 
 def self_signed(key: ec.EllipticCurvePrivateKey, domain: str) -> x509.Certificate:

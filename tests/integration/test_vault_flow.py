@@ -111,14 +111,19 @@ def test_sigterm_after_promotion_exits_zero(lab: Lab) -> None:
     assert re.search(r"event='supervisor_stopped'", supervisor.output())
 
 
-def test_restart_without_change_skips_order(lab: Lab) -> None:
-    """A restart with a valid promoted live.pem sends the CA no new order."""
+def promote_and_stop(lab: Lab) -> None:
+    """Run the supervisor until it promotes the vault certificate, then stop it."""
     lab.seed()
     lab.start_gateway()
     first = lab.start_supervisor("first")
     first.wait_for(PROMOTED, timeout=90)
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=20) == 0
+
+
+def test_restart_without_change_skips_order(lab: Lab) -> None:
+    """A restart with a valid promoted live.pem sends the CA no new order."""
+    promote_and_stop(lab)
 
     record = json.loads((lab.cert_dir / "live.json").read_text())
     assert record["acme_directory"] == lab.directory_url
@@ -132,12 +137,7 @@ def test_restart_without_change_skips_order(lab: Lab) -> None:
 
 def test_changed_directory_orders_at_restart(lab: Lab) -> None:
     """A restart pointed at another ACME directory orders although live.pem is valid."""
-    lab.seed()
-    lab.start_gateway()
-    first = lab.start_supervisor("first")
-    first.wait_for(PROMOTED, timeout=90)
-    first.signal(signal.SIGTERM)
-    assert first.wait(timeout=20) == 0
+    promote_and_stop(lab)
     old_directory = lab.directory_url
 
     lab.start_gateway()
