@@ -1,10 +1,11 @@
 """The ``run`` command: boot sequence, watch loop, signals and exit code.
 
 One asyncio loop runs everything. Signal handlers registered with
-``loop.add_signal_handler`` only put the signal on a queue; the main task
-takes it from there, so nothing is logged or awaited inside a handler. The
-main task waits on three things at once: a signal, HAProxy's exit, and the
-watch loop, which promotes what HAProxy stages.
+``loop.add_signal_handler`` only put the signal on a queue, and the main task
+takes it from there, so nothing is logged or awaited inside a handler. During
+boot the main task races the boot against that queue, so a stop signal cancels
+a boot that is still waiting. Afterwards it waits for a signal or HAProxy's
+exit, while the watch loop, a task of its own, promotes what HAProxy stages.
 
 As PID 1 of a container, the kernel drops every signal this process has no
 handler for (only SIGKILL and SIGSTOP get through), so a signal outside
@@ -51,7 +52,7 @@ EVENT_STREAM_RETRY_SECONDS = 1.0
 
 @dataclass
 class _Stopping:
-    """Why the main task stopped waiting."""
+    """Event that ended the main task's wait: a signal or HAProxy's exit."""
 
     signal_number: signal.Signals | None = None
     haproxy_code: int | None = None
@@ -210,7 +211,7 @@ class Supervisor:
         log.info("config_rendered", path=str(path))
 
     async def _wait_for_admin_socket(self) -> None:
-        """Retry the admin socket until it answers, HAProxy exits, or time runs out."""
+        """Retry the admin socket until it responds, HAProxy exits, or time runs out."""
         assert self.haproxy is not None
         haproxy = self.haproxy
 
@@ -235,7 +236,7 @@ class Supervisor:
                     f"{self.settings.admin_socket} came up; see its output above"
                 ) from exc
             raise AdminSocketTimeoutError(
-                f"admin socket {self.settings.admin_socket} did not answer within "
+                f"admin socket {self.settings.admin_socket} did not respond within "
                 f"{ADMIN_SOCKET_TIMEOUT_SECONDS:.0f} s: {exc}"
             ) from exc
         log.info("admin_socket_ready", path=str(self.settings.admin_socket))
@@ -263,7 +264,7 @@ class Supervisor:
         )
 
     async def _renew_on_start(self, promoter: Promoter) -> None:
-        """Order at start as ACME_RENEW_ON_START says, and log why."""
+        """Order at start as ACME_RENEW_ON_START requests, and log the reason."""
         mode = self.settings.renew_on_start
         plan = self._plan(promoter)
         if mode == "always":
@@ -377,8 +378,8 @@ class Supervisor:
     async def _reload(self) -> None:
         """Re-render and check the configuration, then reload HAProxy.
 
-        The reload goes through the master CLI, which answers only once the new
-        worker has loaded (or failed to), so the result can be logged. The
+        The reload goes through the master CLI, which responds only once the new
+        worker has loaded or failed to, so the result can be logged. The
         event ring and the admin socket belong to the old worker, so the event
         stream is reopened on the new one and the staged bundle checked again.
         A configuration ``haproxy -c`` rejects never replaces the rendered file.
