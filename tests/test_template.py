@@ -179,6 +179,29 @@ class TestCustomTemplate:
         assert "htps_bind" in caught.value.reason
         assert caught.value.exit_code == ExitCode.CONFIG_ERROR
 
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("{{ 1 / 0 }}\n", "ZeroDivisionError"),
+            (
+                "{% macro loop() %}{{ loop() }}{% endmacro %}{{ loop() }}\n",
+                "RecursionError",
+            ),
+        ],
+        ids=["division-by-zero", "recursion"],
+    )
+    def test_render_failure_names_template(
+        self, tmp_path: Path, text: str, expected: str
+    ) -> None:
+        """An expression that fails while rendering is a TemplateError, not a bug."""
+        path = custom_template(tmp_path, text)
+        settings = make_settings(tmp_path, HAPROXY_CONFIG_TEMPLATE=str(path))
+        with pytest.raises(TemplateError) as caught:
+            render_config(settings)
+        assert caught.value.path == path
+        assert expected in caught.value.reason
+        assert len(caught.value.reason) < 250
+
     def test_undefined_attribute_rejected(self, tmp_path: Path) -> None:
         """An unknown attribute of a known variable is an error too."""
         text = "{% for c in certificates %}{{ c.path }}{% endfor %}\n"

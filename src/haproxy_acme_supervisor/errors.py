@@ -23,6 +23,10 @@ class ExitCode(IntEnum):
     HAPROXY_START_FAILED = 69
     INTERNAL_ERROR = 70
     ADMIN_SOCKET_TIMEOUT = 75
+    # HAProxy exited with 0 although nobody asked the supervisor to stop it,
+    # for example after a SIGTERM sent to HAProxy's master from outside.
+    HAPROXY_STOPPED_OUTSIDE = 76
+    DIRECTORY_IN_USE = 77
     CONFIG_ERROR = 78
 
     @staticmethod
@@ -82,6 +86,12 @@ class HAProxyStartError(SupervisorError):
     """HAProxy is missing, lacks ACME support, or exited before it was ready."""
 
     exit_code = ExitCode.HAPROXY_START_FAILED
+
+
+class DirectoryInUseError(SupervisorError):
+    """Another supervisor holds the lock on RUN_DIR or CERT_DIR."""
+
+    exit_code = ExitCode.DIRECTORY_IN_USE
 
 
 class AdminSocketTimeoutError(SupervisorError):

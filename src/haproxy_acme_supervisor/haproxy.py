@@ -23,6 +23,8 @@ from .processes import ChildReaper, describe_exit, run_captured
 log = structlog.get_logger("haproxy")
 
 MINIMUM_VERSION = (3, 2)
+# A configuration check normally takes well under a second.
+CHECK_TIMEOUT_SECONDS = 30.0
 _VERSION_LINE = re.compile(r"HAProxy version (\d+)\.(\d+)\S*")
 
 
@@ -69,7 +71,14 @@ async def read_version(reaper: ChildReaper, binary: str) -> HAProxyVersion:
 
 async def check_config(reaper: ChildReaper, binary: str, config: Path) -> None:
     """Run ``haproxy -c``; raises ``TemplateError`` with HAProxy's first alert."""
-    code, output = await run_captured(reaper, [binary, "-c", "-f", str(config)])
+    try:
+        code, output = await run_captured(
+            reaper, [binary, "-c", "-f", str(config)], timeout=CHECK_TIMEOUT_SECONDS
+        )
+    except TimeoutError as exc:
+        raise TemplateError(
+            config, f"'haproxy -c' did not finish within {CHECK_TIMEOUT_SECONDS:.0f} s"
+        ) from exc
     if code == 0:
         return
     alerts = [line for line in output.splitlines() if "[ALERT]" in line]
@@ -88,11 +97,17 @@ async def install_config(
     """
     candidate = config.with_name(f"{config.name}.candidate")
     try:
-        atomic_write(candidate, text.encode(), mode=0o600)
+        try:
+            atomic_write(candidate, text.encode(), mode=0o600)
+        except OSError as exc:
+            raise TemplateError(
+                candidate, f"cannot be written: {exc.strerror}"
+            ) from exc
         await check_config(reaper, binary, candidate)
-        candidate.replace(config)
-    except OSError as exc:
-        raise TemplateError(config, f"cannot be written: {exc.strerror}") from exc
+        try:
+            candidate.replace(config)
+        except OSError as exc:
+            raise TemplateError(config, f"cannot be replaced: {exc.strerror}") from exc
     finally:
         candidate.unlink(missing_ok=True)
 

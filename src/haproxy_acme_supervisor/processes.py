@@ -16,6 +16,7 @@ signal handler.
 """
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -135,9 +136,18 @@ async def run_captured(
         os.close(write_descriptor)
 
     loop = asyncio.get_running_loop()
-    with os.fdopen(read_descriptor, "rb") as pipe:
+    pipe = os.fdopen(read_descriptor, "rb")
+    try:
         output = await asyncio.wait_for(loop.run_in_executor(None, pipe.read), timeout)
-    code = await asyncio.wait_for(reaper.wait(pid), timeout)
+        code = await asyncio.wait_for(reaper.wait(pid), timeout)
+    except TimeoutError:
+        # Kill first: the reading thread then sees EOF and releases the pipe,
+        # which closing it before would wait for.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        pipe.close()
     return code, output.decode(errors="replace")
 
 

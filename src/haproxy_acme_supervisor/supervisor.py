@@ -28,6 +28,7 @@ from . import bootcheck
 from .config import Settings
 from .errors import (
     AdminSocketTimeoutError,
+    CertFileError,
     ExitCode,
     HAProxyStartError,
     RuntimeApiError,
@@ -35,6 +36,7 @@ from .errors import (
     TemplateError,
 )
 from .haproxy import HAProxyProcess, install_config, read_version
+from .locking import lock_directory
 from .pem import PemBundle, PemError, read_bundle
 from .processes import ChildReaper, describe_exit
 from .promotion import LiveRecord, Outcome, Promoter
@@ -48,6 +50,8 @@ log = structlog.get_logger("supervisor")
 ADMIN_SOCKET_TIMEOUT_SECONDS = 30.0
 # How long to wait before reconnecting to the event ring after it closed.
 EVENT_STREAM_RETRY_SECONDS = 1.0
+# How often the admin socket is checked while the event stream is open.
+ADMIN_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -84,6 +88,7 @@ class Supervisor:
         self._events: asyncio.Task[None] | None = None
         self._renew_requested: dict[str, datetime.datetime] = {}
         self._report: bootcheck.BootReport | None = None
+        self._locks: list[int] = []
 
     async def run(self) -> int:
         """Run the whole boot sequence, then supervise until stopped.
@@ -126,6 +131,7 @@ class Supervisor:
 
     async def _boot(self) -> None:
         """Prepare files, start HAProxy, connect, order, and start watching."""
+        self._lock_directories()
         report = bootcheck.prepare_cert_dir(self.settings)
         self._report = report
         version = await read_version(self.reaper, self.settings.haproxy_bin)
@@ -175,6 +181,20 @@ class Supervisor:
             await self._renew_on_start(promoter)
 
         self._watcher = asyncio.create_task(self._watch(promoters), name="watch")
+
+    def _lock_directories(self) -> None:
+        """Create RUN_DIR and CERT_DIR if needed and lock both for this process."""
+        for directory, mode in (
+            (self.settings.run_dir, 0o755),
+            (self.settings.cert_dir, 0o700),
+        ):
+            try:
+                directory.mkdir(mode=mode, parents=True, exist_ok=True)
+                self._locks.append(lock_directory(directory))
+            except OSError as exc:
+                raise CertFileError(
+                    directory, f"cannot be created or locked: {exc.strerror}"
+                ) from exc
 
     async def _abort_boot(
         self, boot: "asyncio.Task[None]", signal_number: signal.Signals
@@ -321,7 +341,11 @@ class Supervisor:
                     code=code,
                     status=describe_exit(code),
                 )
-                return ExitCode.for_signal(-code) if code < 0 else code
+                if code < 0:
+                    return ExitCode.for_signal(-code)
+                # A clean exit nobody requested must not look like a clean stop
+                # to a restart policy such as "on-failure".
+                return code or ExitCode.HAPROXY_STOPPED_OUTSIDE
             assert stopping.signal_number is not None
             if stopping.signal_number in RELOAD_SIGNALS:
                 await self._reload()
@@ -446,17 +470,42 @@ class Supervisor:
             log.info("staged_checked", cert=promoter.spec.name, outcome=outcome.value)
 
     async def _follow_events(self) -> None:
-        """Wake the watch loop on each ``acme newcert`` record of the dpapi ring."""
+        """Keep an event stream open on the current worker, and watch its socket.
+
+        The open ``show events -w`` session would keep a soft-stopping worker
+        alive for ever, so while it is open the admin socket is checked every
+        few seconds. When the socket stops responding (the worker is stopping,
+        because its master got SIGUSR1 from outside, say), the session is
+        closed so the worker can exit.
+        """
         while True:
+            stream = asyncio.create_task(self._read_events())
             try:
-                async for record in self.api.stream_events("dpapi"):
-                    if " acme newcert " in f" {record} ":
-                        log.info("acme_newcert_event", record=record.split(">", 1)[-1])
-                        self._announced = True
-                        self._wakeup.set()
-            except OSError as exc:
-                log.debug("event_stream_unavailable", error=str(exc))
+                while not stream.done():
+                    await asyncio.wait({stream}, timeout=ADMIN_CHECK_SECONDS)
+                    if stream.done():
+                        break
+                    try:
+                        await self.api.ping()
+                    except OSError as exc:
+                        log.warning("admin_socket_lost", error=str(exc))
+                        break
+            finally:
+                stream.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stream
             await asyncio.sleep(EVENT_STREAM_RETRY_SECONDS)
+
+    async def _read_events(self) -> None:
+        """Wake the watch loop on each ``acme newcert`` record of the dpapi ring."""
+        try:
+            async for record in self.api.stream_events("dpapi"):
+                if " acme newcert " in f" {record} ":
+                    log.info("acme_newcert_event", record=record.split(">", 1)[-1])
+                    self._announced = True
+                    self._wakeup.set()
+        except OSError as exc:
+            log.debug("event_stream_unavailable", error=str(exc))
 
 
 def _utc_now() -> datetime.datetime:

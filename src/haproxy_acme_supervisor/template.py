@@ -94,3 +94,8 @@ def render_config(settings: Settings) -> str:
         # The context contains plain values, so these come from the template.
         # For example, {% include %} raises TypeError because no loader is set up.
         raise TemplateError(template_path, f"failed to render: {exc}") from exc
+    except (ArithmeticError, ValueError, LookupError, RecursionError) as exc:
+        # Expressions in the template itself, such as {{ 1/0 }} or a macro
+        # that calls itself. The message is cut short: recursion repeats it.
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        raise TemplateError(template_path, f"failed to render: {reason}") from exc
