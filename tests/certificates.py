@@ -1,8 +1,10 @@
 """Keys and certificates built in code for the tests; none is checked in.
 
 ``make_chain`` returns a root CA, an intermediate CA and a leaf, which is what
-an ACME CA returns. Leaves can be expired, not yet valid, carry wildcard names
-or be paired with a key that is not theirs.
+an ACME CA returns. Leaves can be expired, not yet valid, carry wildcard names,
+be CAs, carry other extended key usages or be paired with a key that is not
+theirs. ``self_signed_pair`` wraps any key type, including those HAProxy
+cannot use.
 """
 
 import datetime
@@ -11,9 +13,14 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    PrivateKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SERVER_AUTH = (ExtendedKeyUsageOID.SERVER_AUTH,)
 
 # A fixed instant for tests that pass ``now`` explicitly.
 NOW = datetime.datetime(2030, 6, 1, 12, 0, tzinfo=datetime.UTC)
@@ -51,6 +58,22 @@ class Chain:
 def new_key() -> ec.EllipticCurvePrivateKey:
     """Generate an EC P-256 key, the fastest type HAProxy serves."""
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def full_length_key(curve: ec.EllipticCurve) -> ec.EllipticCurvePrivateKey:
+    """Generate an EC key on ``curve`` whose coordinates have no leading zero byte.
+
+    On P-521 about every second key has one, and the account key check
+    refuses such keys.
+    """
+    while True:
+        key = ec.generate_private_key(curve)
+        size = (curve.key_size + 7) // 8
+        numbers = key.public_key().public_numbers()
+        if all(
+            (value.bit_length() + 7) // 8 == size for value in (numbers.x, numbers.y)
+        ):
+            return key
 
 
 def short_coordinate_key(scalar: int) -> ec.EllipticCurvePrivateKey:
@@ -94,8 +117,14 @@ def make_leaf(
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
     key: ec.EllipticCurvePrivateKey | None = None,
+    ca: bool = False,
+    usages: Sequence[x509.ObjectIdentifier] | None = SERVER_AUTH,
 ) -> Issued:
-    """Create a server certificate for ``domains``, valid 90 days around ``now``."""
+    """Create a server certificate for ``domains``, valid 90 days around ``now``.
+
+    ``ca`` sets basicConstraints ca=true; ``usages`` None leaves out the
+    extended key usage extension.
+    """
     key = key or new_key()
     builder = (
         x509.CertificateBuilder()
@@ -105,11 +134,12 @@ def make_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - 10 * DAY)
         .not_valid_after(not_after or now + 80 * DAY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
+    if usages is not None:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(list(usages)), critical=False
+        )
     if domains:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(name) for name in domains]),
@@ -153,3 +183,42 @@ def bundle_pem(key: PrivateKeyTypes | None, *certificates: x509.Certificate) -> 
     parts = [key_pem(key)] if key is not None else []
     parts.extend(certificate_pem(certificate) for certificate in certificates)
     return b"".join(parts)
+
+
+# Key types HAProxy cannot use, as the boot checks name them.
+UNUSABLE_KEYS = ("Ed25519", "EC secp256k1", "RSA 1024-bit")
+
+
+def unusable_key(description: str) -> PrivateKeyTypes:
+    """Generate a key of one of the ``UNUSABLE_KEYS`` types."""
+    if description == "Ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if description == "EC secp256k1":
+        return ec.generate_private_key(ec.SECP256K1())
+    assert description == "RSA 1024-bit"
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+def self_signed_pair(key: PrivateKeyTypes, domains: Sequence[str]) -> bytes:
+    """Return ``key`` and a self-signed certificate for it, as one PEM file."""
+    assert isinstance(
+        key,
+        ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey,
+    )
+    signer: CertificateIssuerPrivateKeyTypes = key
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(domains[0]))
+        .issuer_name(_name(domains[0]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - 10 * DAY)
+        .not_valid_after(NOW + 80 * DAY)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in domains]),
+            critical=False,
+        )
+        .sign(signer, algorithm)
+    )
+    return bundle_pem(key, certificate)

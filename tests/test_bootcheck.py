@@ -1,6 +1,8 @@
 """Tests for the certificate directory checks that run before HAProxy starts."""
 
+import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,13 +33,17 @@ from haproxy_acme_supervisor.pem import (
 from .certificates import (
     SHORT_X_SCALAR,
     SHORT_Y_SCALAR,
+    UNUSABLE_KEYS,
     Chain,
     bundle_pem,
     certificate_pem,
+    full_length_key,
     key_pem,
     make_chain,
     new_key,
+    self_signed_pair,
     short_coordinate_key,
+    unusable_key,
 )
 
 DOMAINS = ("example.com", "www.example.com")
@@ -422,3 +428,140 @@ class TestPrepareCertDir:
         with pytest.raises(CertFileError) as caught:
             prepare_cert_dir(settings)
         assert caught.value.path == settings.paths.cert_dir
+
+
+def check_live(paths: CertPaths) -> object:
+    """Run the live.pem check after creating the bootstrap it may copy."""
+    return ensure_live(paths, ensure_bootstrap(paths.bootstrap, DOMAINS))
+
+
+# Each file the boot checks read, with the call that reads it and the error
+# class it raises.
+CHECKS: dict[str, tuple[Callable[[CertPaths], object], type[CertFileError]]] = {
+    "account_key": (lambda p: ensure_account_key(p.account_key), CertFileError),
+    "bootstrap": (lambda p: ensure_bootstrap(p.bootstrap, DOMAINS), CertFileError),
+    "live": (check_live, CertFileError),
+    "staged": (lambda p: check_seeded(p.staged), SeededKeyError),
+}
+PLACEHOLDER_CHECK = (
+    lambda p: ensure_staged_placeholder(p.staged, DOMAINS),
+    CertFileError,
+)
+
+
+def refusal(paths: CertPaths, name: str, placeholder: bool = False) -> CertFileError:
+    """Run the check for file ``name`` and return the error it raises."""
+    check, error = PLACEHOLDER_CHECK if placeholder else CHECKS[name]
+    with pytest.raises(error) as caught:
+        check(paths)
+    assert type(caught.value) is error
+    return caught.value
+
+
+class TestSpecialFiles:
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("name", list(CHECKS))
+    def test_fifo_refused(self, paths: CertPaths, name: str) -> None:
+        """A FIFO is refused at once, naming the file, and left in place."""
+        path: Path = getattr(paths, name)
+        os.mkfifo(path)
+        error = refusal(paths, name)
+        assert error.path == path
+        assert error.reason == "cannot be read: is a FIFO, not a regular file"
+        assert stat.S_ISFIFO(path.lstat().st_mode)
+
+    @pytest.mark.timeout(10)
+    def test_fifo_placeholder_refused(self, paths: CertPaths) -> None:
+        """In lab mode a FIFO staging file is refused, not left for HAProxy."""
+        os.mkfifo(paths.staged)
+        assert "FIFO" in refusal(paths, "staged", placeholder=True).reason
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("name", list(CHECKS))
+    def test_link_to_device_refused(self, paths: CertPaths, name: str) -> None:
+        """A link to /dev/zero is refused instead of read without end."""
+        path: Path = getattr(paths, name)
+        path.symlink_to("/dev/zero")
+        assert "character device" in refusal(paths, name).reason
+
+    @pytest.mark.parametrize("name", list(CHECKS))
+    def test_oversized_file_refused(self, paths: CertPaths, name: str) -> None:
+        """A file over 1 MiB is refused by size."""
+        path: Path = getattr(paths, name)
+        path.write_bytes(b"x" * (1024 * 1024 + 1))
+        assert "larger than" in refusal(paths, name).reason
+
+    @pytest.mark.parametrize("name", list(CHECKS))
+    def test_dangling_link_refused(self, paths: CertPaths, name: str) -> None:
+        """A link to a missing file is an error, never replaced by a new file."""
+        path: Path = getattr(paths, name)
+        path.symlink_to(paths.cert_dir / "gone.pem")
+        error = refusal(paths, name)
+        assert error.path == path
+        assert error.reason.startswith("is a symbolic link to a missing file")
+        assert path.is_symlink()
+        assert not (paths.cert_dir / "gone.pem").exists()
+
+    def test_dangling_placeholder_link_refused(self, paths: CertPaths) -> None:
+        """In lab mode a dangling staging link is refused, not replaced."""
+        paths.staged.symlink_to(paths.cert_dir / "gone.pem")
+        error = refusal(paths, "staged", placeholder=True)
+        assert "symbolic link to a missing file" in error.reason
+
+    def test_looping_link_refused(self, paths: CertPaths) -> None:
+        """A link that points to itself is an error naming the file."""
+        paths.live.symlink_to(paths.live)
+        error = refusal(paths, "live")
+        assert error.reason.startswith("is a symbolic link that cannot be followed")
+
+    def test_linked_secret_read(self, paths: CertPaths, chain: Chain) -> None:
+        """A seed that is a link to a regular file, as Kubernetes mounts, passes."""
+        target = paths.cert_dir / "mounted.pem"
+        target.write_bytes(chain.bundle_pem())
+        paths.staged.symlink_to(target)
+        assert check_seeded(paths.staged) == public_key_sha256(chain.leaf.key)
+
+    def test_error_is_one_line(self, paths: CertPaths) -> None:
+        """The message names the file on one line."""
+        paths.live.symlink_to(paths.cert_dir / "gone.pem")
+        message = str(refusal(paths, "live"))
+        assert message.startswith(f"{paths.live}: ")
+        assert "\n" not in message
+
+
+class TestKeyTypes:
+    @pytest.mark.parametrize("description", UNUSABLE_KEYS)
+    def test_account_key_type_refused(self, paths: CertPaths, description: str) -> None:
+        """An account key HAProxy cannot sign with is refused and kept."""
+        content = key_pem(unusable_key(description))
+        paths.account_key.write_bytes(content)
+        error = refusal(paths, "account_key")
+        assert f"the key is {description};" in error.reason
+        assert "RSA of 2048 bits or more" in error.reason
+        assert paths.account_key.read_bytes() == content
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            pytest.param(full_length_key(ec.SECP256R1()), id="P-256"),
+            pytest.param(full_length_key(ec.SECP521R1()), id="P-521"),
+        ],
+    )
+    def test_other_nist_account_keys_accepted(
+        self, paths: CertPaths, key: ec.EllipticCurvePrivateKey
+    ) -> None:
+        """EC account keys on P-256 and P-521 pass."""
+        paths.account_key.write_bytes(key_pem(key))
+        assert ensure_account_key(paths.account_key) == public_key_sha256(key)
+
+    @pytest.mark.parametrize("name", ["bootstrap", "live", "staged"])
+    @pytest.mark.parametrize("description", UNUSABLE_KEYS)
+    def test_pair_key_type_refused(
+        self, paths: CertPaths, name: str, description: str
+    ) -> None:
+        """A key and certificate pair with an unusable key is refused."""
+        path: Path = getattr(paths, name)
+        path.write_bytes(self_signed_pair(unusable_key(description), DOMAINS))
+        error = refusal(paths, name)
+        assert f"the key is {description};" in error.reason
+        assert "EC on P-256, P-384 or P-521" in error.reason

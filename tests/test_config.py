@@ -200,6 +200,32 @@ class TestDomains:
         "value",
         ["example.com,example.com", "example.com,EXAMPLE.com", "a.com,a.com."],
     )
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "127.0.0.1",
+            "10.0.0.1.",
+            "example.com,192.0.2.7",
+            "1.2.3",
+            "2130706433",
+            "0x7f.0.0.1",
+            "*.0.0.1",
+            "host.0x1f",
+        ],
+    )
+    def test_ip_address_rejected(self, value: str) -> None:
+        """Names that clients read as IPv4 addresses are refused with a hint."""
+        error = rejection(ACME_DOMAINS=value)
+        assert "IP addresses cannot be validated with http-01" in error.reason
+        assert error.reason.endswith("use a DNS name")
+
+    @pytest.mark.parametrize(
+        "value", ["1.example.com", "123.example", "example.com1", "0xcafe.example"]
+    )
+    def test_numeric_inner_label_accepted(self, value: str) -> None:
+        """Digits are fine in any label but the last."""
+        assert load(ACME_DOMAINS=value).domains == (value,)
+
     def test_duplicate_domain_rejected(self, value: str) -> None:
         """A domain listed twice, after normalising, is rejected."""
         error = rejection(ACME_DOMAINS=value)
@@ -238,6 +264,12 @@ class TestDirectory:
     def test_invalid_url_rejected(self, value: str) -> None:
         """Other schemes, missing hosts, bad ports and unsafe text are rejected."""
         assert rejection(ACME_DIRECTORY=value).variable == "ACME_DIRECTORY"
+
+    def test_port_zero_rejected(self) -> None:
+        """A directory URL with port 0 is rejected."""
+        error = rejection(ACME_DIRECTORY="https://acme.example.net:0/directory")
+        assert error.variable == "ACME_DIRECTORY"
+        assert "port 0" in error.reason
 
     def test_http_scheme_reason(self) -> None:
         """The reason for rejecting http:// asks for https://."""
@@ -447,7 +479,7 @@ class TestEndpoints:
             (":8080", Endpoint("", 8080)),
             ("127.0.0.1:80", Endpoint("127.0.0.1", 80)),
             ("0.0.0.0:1", Endpoint("0.0.0.0", 1)),
-            ("[::]:443", Endpoint("[::]", 443)),
+            ("[::]:8443", Endpoint("[::]", 8443)),
             ("[::1]:65535", Endpoint("[::1]", 65535)),
             ("[2001:db8::5]:8443", Endpoint("[2001:db8::5]", 8443)),
         ],
@@ -509,6 +541,39 @@ class TestEndpoints:
     def test_bad_endpoint_rejected(self, name: str, value: str) -> None:
         """Bad ports, host names, unbracketed IPv6 and zones are rejected."""
         assert rejection(**{name: value}).variable == name
+
+    @pytest.mark.parametrize(
+        ("http", "https"),
+        [
+            ("*:80", "*:80"),
+            (":8080", ":8080"),
+            ("127.0.0.1:80", "127.0.0.1:80"),
+            ("[::1]:80", "[0::1]:80"),
+            ("*:80", "127.0.0.1:80"),
+            ("127.0.0.1:80", ":80"),
+            ("0.0.0.0:80", "127.0.0.1:80"),
+            ("[::1]:80", "[::]:80"),
+            ("0.0.0.0:80", "[::1]:80"),
+        ],
+    )
+    def test_overlapping_binds_rejected(self, http: str, https: str) -> None:
+        """Binds on one port that share an address or a wildcard are refused."""
+        error = rejection(HTTP_BIND=http, HTTPS_BIND=https)
+        assert error.variable == "HTTPS_BIND"
+        assert f"HTTP_BIND={http}" in error.reason
+
+    @pytest.mark.parametrize(
+        ("http", "https"),
+        [
+            ("*:80", "*:443"),
+            ("127.0.0.1:80", "127.0.0.2:80"),
+            ("[::1]:8080", "127.0.0.1:8080"),
+        ],
+    )
+    def test_separate_binds_accepted(self, http: str, https: str) -> None:
+        """Different ports, or different concrete addresses, are accepted."""
+        settings = load(HTTP_BIND=http, HTTPS_BIND=https)
+        assert settings.http_bind != settings.https_bind
 
     def test_unbracketed_ipv6_hint(self) -> None:
         """An IPv6 address without brackets gets a hint with an example."""

@@ -14,20 +14,22 @@ from haproxy_acme_supervisor import pem
 from haproxy_acme_supervisor.pem import (
     PemBundle,
     PemError,
+    PemFileError,
     atomic_write,
     covers,
     dns_names,
     fingerprint,
     generate_account_key,
-    is_rsa_or_ec,
     is_self_signed,
     make_self_signed,
     parse_bundle,
     private_key_pem,
     public_key_sha256,
     read_bundle,
+    read_pem_file,
     serial_hex,
     short_coordinate,
+    unsupported_key,
 )
 
 from .certificates import (
@@ -39,7 +41,9 @@ from .certificates import (
     key_pem,
     make_chain,
     new_key,
+    UNUSABLE_KEYS,
     short_coordinate_key,
+    unusable_key,
 )
 
 EC_PARAMETERS = (
@@ -232,6 +236,96 @@ class TestParseBundle:
         """A missing file raises OSError, not PemError."""
         with pytest.raises(FileNotFoundError):
             read_bundle(tmp_path / "absent.pem")
+
+
+class TestReadPemFile:
+    def test_regular_file_read(self, tmp_path: Path) -> None:
+        """A regular file's bytes are returned."""
+        path = tmp_path / "file.pem"
+        path.write_bytes(b"content")
+        assert read_pem_file(path) == b"content"
+
+    def test_symlink_to_regular_file_followed(self, tmp_path: Path) -> None:
+        """A link to a regular file, as Kubernetes mounts secrets, is read."""
+        target = tmp_path / "target.pem"
+        target.write_bytes(b"content")
+        link = tmp_path / "link.pem"
+        link.symlink_to(target)
+        assert read_pem_file(link) == b"content"
+
+    def test_fifo_refused_without_blocking(self, tmp_path: Path) -> None:
+        """A FIFO with no writer is refused at once instead of blocking."""
+        path = tmp_path / "fifo.pem"
+        os.mkfifo(path)
+        with pytest.raises(PemFileError) as caught:
+            read_pem_file(path)
+        assert caught.value.strerror == "is a FIFO, not a regular file"
+
+    def test_device_refused(self, tmp_path: Path) -> None:
+        """A link to /dev/zero is refused instead of read without end."""
+        link = tmp_path / "zero.pem"
+        link.symlink_to("/dev/zero")
+        with pytest.raises(PemFileError) as caught:
+            read_pem_file(link)
+        assert caught.value.strerror == "is a character device, not a regular file"
+
+    def test_fifo_swapped_in_after_stat_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A FIFO that replaces the file between stat and open does not block."""
+        regular = tmp_path / "regular.pem"
+        regular.write_bytes(b"content")
+        regular_status = os.stat(regular)
+        fifo = tmp_path / "fifo.pem"
+        os.mkfifo(fifo)
+        monkeypatch.setattr(pem.os, "stat", lambda path: regular_status)
+        with pytest.raises(PemFileError, match="FIFO"):
+            read_pem_file(fifo)
+
+    def test_directory_refused(self, tmp_path: Path) -> None:
+        """A directory is refused as not a regular file."""
+        with pytest.raises(PemFileError, match="is a directory"):
+            read_pem_file(tmp_path)
+
+    def test_over_limit_refused(self, tmp_path: Path) -> None:
+        """A file larger than the limit is refused."""
+        path = tmp_path / "big.pem"
+        path.write_bytes(b"x" * 11)
+        with pytest.raises(PemFileError) as caught:
+            read_pem_file(path, limit=10)
+        assert caught.value.strerror == "larger than 10 bytes"
+
+    def test_file_at_limit_read(self, tmp_path: Path) -> None:
+        """A file of exactly the limit is read whole."""
+        path = tmp_path / "exact.pem"
+        path.write_bytes(b"x" * 10)
+        assert read_pem_file(path, limit=10) == b"x" * 10
+
+    def test_default_limit_is_one_mebibyte(self, tmp_path: Path) -> None:
+        """Without a limit argument, files over 1 MiB are refused."""
+        path = tmp_path / "big.pem"
+        path.write_bytes(b"x" * (1024 * 1024 + 1))
+        with pytest.raises(PemFileError):
+            read_pem_file(path)
+
+    def test_error_is_an_os_error(self, tmp_path: Path) -> None:
+        """Callers that handle OSError also handle a refused file."""
+        with pytest.raises(OSError):
+            read_pem_file(tmp_path)
+
+    def test_dangling_symlink_is_missing(self, tmp_path: Path) -> None:
+        """A link to a missing file raises FileNotFoundError."""
+        link = tmp_path / "link.pem"
+        link.symlink_to(tmp_path / "absent.pem")
+        with pytest.raises(FileNotFoundError):
+            read_pem_file(link)
+
+    def test_read_bundle_refuses_fifo(self, tmp_path: Path) -> None:
+        """read_bundle goes through the same checks."""
+        path = tmp_path / "fifo.pem"
+        os.mkfifo(path)
+        with pytest.raises(PemFileError):
+            read_bundle(path)
 
 
 class TestToPem:
@@ -454,11 +548,22 @@ class TestSelfSigned:
         """A root CA certificate is self-signed."""
         assert is_self_signed(chain.root.certificate)
 
-    def test_rsa_or_ec(self, rsa_key: rsa.RSAPrivateKey) -> None:
-        """Only RSA and EC keys are usable by HAProxy for TLS."""
-        assert is_rsa_or_ec(new_key())
-        assert is_rsa_or_ec(rsa_key)
-        assert not is_rsa_or_ec(ed25519.Ed25519PrivateKey.generate())
+    @pytest.mark.parametrize("curve", [ec.SECP256R1, ec.SECP384R1, ec.SECP521R1])
+    def test_nist_curve_keys_usable(self, curve: type[ec.EllipticCurve]) -> None:
+        """EC keys on P-256, P-384 and P-521 are usable by HAProxy."""
+        assert unsupported_key(ec.generate_private_key(curve())) is None
+
+    def test_rsa_2048_usable(self, rsa_key: rsa.RSAPrivateKey) -> None:
+        """An RSA key of 2048 bits is usable by HAProxy."""
+        assert unsupported_key(rsa_key) is None
+
+    @pytest.mark.parametrize("description", UNUSABLE_KEYS)
+    def test_other_keys_unusable(self, description: str) -> None:
+        """Ed25519, secp256k1 and short RSA keys are named and refused."""
+        reason = unsupported_key(unusable_key(description))
+        assert reason is not None
+        assert reason.startswith(f"the key is {description};")
+        assert "EC on P-256, P-384 or P-521" in reason
 
 
 class TestAtomicWrite:

@@ -1,6 +1,11 @@
 """Tests for renewal.py: when live.pem calls for an order."""
 
-from haproxy_acme_supervisor.pem import PemBundle, fingerprint, public_key_sha256
+from haproxy_acme_supervisor.pem import (
+    PemBundle,
+    fingerprint,
+    make_self_signed,
+    public_key_sha256,
+)
 from haproxy_acme_supervisor.renewal import RENEWAL_MARGIN, due_time, plan_renewal
 
 from .certificates import DAY, NOW, make_ca, make_leaf
@@ -58,6 +63,15 @@ class TestPlanRenewal:
         )
         assert plan.order_now
         assert "bootstrap" in plan.reason
+
+    def test_self_signed_live_orders(self) -> None:
+        """A self-signed live.pem orders even when it is not a known throwaway."""
+        live = make_self_signed(
+            "old bootstrap", DOMAINS, valid_for=365 * DAY, valid_from=NOW - DAY
+        )
+        plan = plan_renewal(live, DOMAINS, throwaway_fingerprints=(), now=NOW)
+        assert plan.order_now
+        assert plan.reason == "live.pem is self-signed"
 
     def test_missing_domain_orders(self) -> None:
         """A live.pem that lacks a configured domain leads to an order."""

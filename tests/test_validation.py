@@ -3,6 +3,7 @@
 import datetime
 
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from haproxy_acme_supervisor.errors import BundleRejectedError
 from haproxy_acme_supervisor.pem import (
@@ -18,6 +19,7 @@ from .certificates import (
     DAY,
     NOW,
     Chain,
+    Issued,
     make_ca,
     make_chain,
     make_leaf,
@@ -46,11 +48,59 @@ def rejection(
     *,
     now: datetime.datetime = NOW,
     throwaway: frozenset[str] = frozenset(),
+    live_not_after: datetime.datetime | None = None,
 ) -> BundleRejectedError:
     """Return the BundleRejectedError that validating ``bundle`` raises."""
     with pytest.raises(BundleRejectedError) as caught:
-        validate_bundle(bundle, domains, now=now, throwaway_fingerprints=throwaway)
+        validate_bundle(
+            bundle,
+            domains,
+            now=now,
+            throwaway_fingerprints=throwaway,
+            live_not_after=live_not_after,
+        )
     return caught.value
+
+
+def with_intermediate(leaf: Issued, chain: Chain) -> PemBundle:
+    """Return ``leaf`` with its key, followed by the chain's intermediate."""
+    return PemBundle(leaf.key, (leaf.certificate, chain.intermediate.certificate))
+
+
+def ca_leaf(chain: Chain) -> PemBundle:
+    """A leaf that carries basicConstraints ca=true."""
+    return with_intermediate(make_leaf(chain.intermediate, DOMAINS, ca=True), chain)
+
+
+def client_leaf(chain: Chain) -> PemBundle:
+    """A leaf whose extended key usage is clientAuth only."""
+    usages = (ExtendedKeyUsageOID.CLIENT_AUTH,)
+    leaf = make_leaf(chain.intermediate, DOMAINS, usages=usages)
+    return with_intermediate(leaf, chain)
+
+
+def self_signed_with_chain(chain: Chain) -> PemBundle:
+    """A self-signed leaf followed by an unrelated intermediate."""
+    own = make_self_signed("own", DOMAINS, valid_for=DAY, valid_from=NOW - DAY / 2)
+    return PemBundle(own.key, (*own.certificates, chain.intermediate.certificate))
+
+
+def doubled_intermediate(chain: Chain) -> PemBundle:
+    """Leaf, intermediate, then the intermediate again."""
+    intermediate = chain.intermediate.certificate
+    return PemBundle(
+        chain.leaf.key, (chain.leaf.certificate, intermediate, intermediate)
+    )
+
+
+def non_ca_issuer(chain: Chain) -> PemBundle:
+    """A leaf signed by another leaf, which is sent as the chain."""
+    issuer = make_leaf(chain.intermediate, ["issuer.example.com"])
+    leaf = make_leaf(issuer, DOMAINS)
+    return PemBundle(
+        leaf.key,
+        (leaf.certificate, issuer.certificate, chain.intermediate.certificate),
+    )
 
 
 class TestAccepted:
@@ -96,6 +146,108 @@ class TestAccepted:
         end = leaf.not_valid_after_utc - datetime.timedelta(seconds=1)
         assert validate_bundle(bundle, DOMAINS, now=start).bundle == bundle
         assert validate_bundle(bundle, DOMAINS, now=end).bundle == bundle
+
+
+class TestLeafAndChainShape:
+    def test_leaf_without_extended_usage_passes(self, chain: Chain) -> None:
+        """A leaf without an extended key usage extension is usable by servers."""
+        leaf = make_leaf(chain.intermediate, DOMAINS, usages=None)
+        bundle = with_intermediate(leaf, chain)
+        assert validate_bundle(bundle, DOMAINS, now=NOW).bundle == bundle
+
+    def test_leaf_with_several_usages_passes(self, chain: Chain) -> None:
+        """A leaf for serverAuth and clientAuth passes."""
+        usages = (
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+        )
+        leaf = make_leaf(chain.intermediate, DOMAINS, usages=usages)
+        bundle = with_intermediate(leaf, chain)
+        assert validate_bundle(bundle, DOMAINS, now=NOW).bundle == bundle
+
+    def test_ca_leaf_rejected(self, chain: Chain) -> None:
+        """A leaf that is a CA certificate is rejected."""
+        error = rejection(ca_leaf(chain))
+        assert error.reason.startswith("the staged certificate is a CA certificate")
+
+    def test_client_only_leaf_rejected(self, chain: Chain) -> None:
+        """A leaf whose extended key usage lacks serverAuth is rejected."""
+        error = rejection(client_leaf(chain))
+        assert "does not include serverAuth" in error.reason
+        assert error.details["usages"] == ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string
+
+    def test_self_signed_leaf_with_chain_rejected(self, chain: Chain) -> None:
+        """A self-signed leaf is rejected whatever follows it."""
+        error = rejection(self_signed_with_chain(chain))
+        assert error.reason.startswith("the staged certificate is self-issued")
+
+    def test_self_signed_leaf_twice_rejected(self) -> None:
+        """A self-signed leaf followed by itself is rejected as self-issued."""
+        own = make_self_signed("own", DOMAINS, valid_for=DAY, valid_from=NOW - DAY / 2)
+        bundle = PemBundle(own.key, own.certificates * 2)
+        assert rejection(bundle).reason.startswith(
+            "the staged certificate is self-issued"
+        )
+
+    def test_leaf_twice_rejected(self, chain: Chain) -> None:
+        """A CA-issued leaf followed by itself is rejected as a duplicate."""
+        leaf = chain.leaf.certificate
+        error = rejection(PemBundle(chain.leaf.key, (leaf, leaf)))
+        assert error.reason == "the staged bundle contains the same certificate twice"
+        assert error.details["position"] == "1"
+
+    def test_duplicate_intermediate_rejected(self, chain: Chain) -> None:
+        """An intermediate sent twice is rejected with both positions."""
+        error = rejection(doubled_intermediate(chain))
+        assert error.details["first_position"] == "1"
+        assert error.details["position"] == "2"
+        assert error.details["duplicate_sha256"] == fingerprint(
+            chain.intermediate.certificate
+        )
+
+    def test_non_ca_chain_certificate_rejected(self, chain: Chain) -> None:
+        """A chain certificate without basicConstraints ca=true is rejected."""
+        error = rejection(non_ca_issuer(chain))
+        assert error.reason.startswith("the staged chain contains a certificate")
+        assert error.details["position"] == "1"
+        assert error.details["subject"] == "CN=issuer.example.com"
+
+    def test_root_as_whole_chain_passes(self) -> None:
+        """A leaf issued straight from a root passes with the root as its chain."""
+        root = make_ca("Direct Root CA")
+        leaf = make_leaf(root, DOMAINS)
+        bundle = PemBundle(leaf.key, (leaf.certificate, root.certificate))
+        assert validate_bundle(bundle, DOMAINS, now=NOW).bundle == bundle
+
+
+class TestLiveExpiry:
+    def test_shorter_than_live_rejected(self, chain: Chain) -> None:
+        """A leaf that expires before the live certificate is rejected."""
+        live_not_after = chain.leaf.certificate.not_valid_after_utc + DAY
+        error = rejection(good_bundle(chain), live_not_after=live_not_after)
+        assert "would replace a certificate that lasts longer" in error.reason
+        assert error.details["live_not_after"] == live_not_after.isoformat()
+
+    def test_same_expiry_passes(self, chain: Chain) -> None:
+        """A leaf that expires at the same instant as the live one passes."""
+        bundle = good_bundle(chain)
+        live_not_after = chain.leaf.certificate.not_valid_after_utc
+        validated = validate_bundle(
+            bundle, DOMAINS, now=NOW, live_not_after=live_not_after
+        )
+        assert validated.bundle == bundle
+
+    def test_longer_than_live_passes(self, chain: Chain) -> None:
+        """A leaf that outlasts the live certificate passes."""
+        bundle = good_bundle(chain)
+        validated = validate_bundle(bundle, DOMAINS, now=NOW, live_not_after=NOW)
+        assert validated.bundle == bundle
+
+    def test_no_live_expiry_passes(self, chain: Chain) -> None:
+        """Without a live expiry (bootstrap or unreadable live.pem) it passes."""
+        bundle = good_bundle(chain)
+        validated = validate_bundle(bundle, DOMAINS, now=NOW, live_not_after=None)
+        assert validated.bundle == bundle
 
 
 class TestRejected:
@@ -254,6 +406,12 @@ class TestRejected:
                 PemBundle(chain.leaf.key, (leaf, chain.root.certificate, intermediate))
             ),
             rejection(PemBundle(chain.leaf.key, (leaf, impostor.certificate))),
+            rejection(ca_leaf(chain)),
+            rejection(client_leaf(chain)),
+            rejection(self_signed_with_chain(chain)),
+            rejection(doubled_intermediate(chain)),
+            rejection(non_ca_issuer(chain)),
+            rejection(good_bundle(chain), live_not_after=NOW + 365 * DAY),
         ]
         reasons = [error.reason for error in cases]
         assert len(set(reasons)) == len(reasons)

@@ -29,7 +29,9 @@ from .pem import (
     private_key_pem,
     public_key_sha256,
     read_bundle,
+    read_pem_file,
     short_coordinate,
+    unsupported_key,
 )
 
 log = structlog.get_logger("bootcheck")
@@ -90,14 +92,16 @@ def ensure_account_key(path: Path) -> str:
     itself, but with mode 0644, and possibly with a short EC coordinate that
     CAs reject (see ``pem.generate_account_key``).
     """
-    if not path.exists():
+    if not _exists(path, CertFileError):
         key = generate_account_key()
         _write_secret(path, private_key_pem(key))
         log.info("account_key_created", path=str(path), key_type="EC P-384")
         return public_key_sha256(key)
 
     try:
-        existing = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        existing = serialization.load_pem_private_key(
+            read_pem_file(path), password=None
+        )
     except OSError as exc:
         raise CertFileError(path, f"cannot be read: {exc.strerror}") from exc
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -107,6 +111,13 @@ def ensure_account_key(path: Path) -> str:
             "account key created at the next start",
         ) from exc
 
+    problem = unsupported_key(existing)
+    if problem is not None:
+        raise CertFileError(
+            path,
+            f"{problem}; move it away to have a new account key created at the "
+            "next start (the CA then sees a new account)",
+        )
     coordinate = short_coordinate(existing)
     if coordinate is not None:
         raise CertFileError(
@@ -124,7 +135,7 @@ def ensure_account_key(path: Path) -> str:
 
 def ensure_bootstrap(path: Path, domains: tuple[str, ...]) -> PemBundle:
     """Create the throwaway self-signed ``bootstrap.pem`` if absent; return it."""
-    if path.exists():
+    if _exists(path, CertFileError):
         bundle = _read_pair(path)
         log.info("bootstrap_found", path=str(path), sha256=_leaf_fingerprint(bundle))
         return bundle
@@ -139,7 +150,7 @@ def ensure_bootstrap(path: Path, domains: tuple[str, ...]) -> PemBundle:
 
 def ensure_live(paths: CertPaths, bootstrap: PemBundle) -> PemBundle:
     """Seed ``live.pem`` from the bootstrap on first run; keep it afterwards."""
-    if paths.live.exists():
+    if _exists(paths.live, CertFileError):
         bundle = _read_pair(paths.live)
         log.info("live_found", path=str(paths.live), sha256=_leaf_fingerprint(bundle))
         return bundle
@@ -167,7 +178,7 @@ def check_seeded(path: Path) -> str:
         "issued for that key (one PEM file, key and certificate), or set "
         "CERTLOCKER_ACME_REQUIRE_SEEDED_KEY=0 in CI or a lab"
     )
-    if not path.exists():
+    if not _exists(path, SeededKeyError):
         raise SeededKeyError(path, f"missing; {action}")
     try:
         bundle = read_bundle(path)
@@ -179,6 +190,9 @@ def check_seeded(path: Path) -> str:
         raise SeededKeyError(path, f"has no private key; {action}")
     if bundle.leaf is None:
         raise SeededKeyError(path, f"has no certificate; {action}")
+    problem = unsupported_key(bundle.key)
+    if problem is not None:
+        raise SeededKeyError(path, f"{problem}; {action}")
 
     key_sha256 = public_key_sha256(bundle.key)
     certificate_sha256 = public_key_sha256(bundle.leaf.public_key())
@@ -199,9 +213,14 @@ def ensure_staged_placeholder(path: Path, domains: tuple[str, ...]) -> str | Non
 
     HAProxy refuses to start when a crt-store file is missing, so lab runs
     without a seeded key get a short-lived self-signed pair. Returns its
-    fingerprint, or None when a file was already there (it is left unchecked).
+    fingerprint, or None when a file was already there. Its contents are left
+    unchecked, but it must be a regular file that HAProxy can read.
     """
-    if path.exists():
+    if _exists(path, CertFileError):
+        try:
+            read_pem_file(path)
+        except OSError as exc:
+            raise CertFileError(path, f"cannot be read: {exc.strerror}") from exc
         log.warning(
             "seeded_key_check_skipped",
             path=str(path),
@@ -243,7 +262,35 @@ def _read_pair(path: Path) -> PemBundle:
         )
     if public_key_sha256(bundle.key) != public_key_sha256(bundle.leaf.public_key()):
         raise CertFileError(path, "its private key does not match its certificate")
+    problem = unsupported_key(bundle.key)
+    if problem is not None:
+        raise CertFileError(path, f"{problem}; move it away to have it recreated")
     return bundle
+
+
+def _exists(path: Path, error: type[CertFileError]) -> bool:
+    """Tell whether ``path`` exists, counting a symbolic link as existing.
+
+    A link whose target is missing raises ``error`` instead of returning
+    False, so the caller never writes a new file in its place.
+    """
+    if not os.path.lexists(path):
+        return False
+    if not path.is_symlink():
+        return True
+    try:
+        path.stat()
+    except FileNotFoundError as exc:
+        raise error(
+            path,
+            "is a symbolic link to a missing file; restore the target or remove "
+            "the link",
+        ) from exc
+    except OSError as exc:
+        raise error(
+            path, f"is a symbolic link that cannot be followed: {exc.strerror}"
+        ) from exc
+    return True
 
 
 def _write_secret(path: Path, data: bytes) -> None:

@@ -31,6 +31,9 @@ _URL_TEXT = re.compile(r"[A-Za-z0-9._~:/?\[\]@!&()*+,;=%-]+")
 # ASCII digits only: str.isdigit() also accepts characters such as '²' that
 # int() rejects.
 _DIGITS = re.compile(r"[0-9]+")
+# A last label that clients parse as part of an IPv4 address (decimal or hex,
+# as in the WHATWG URL standard). No top-level domain looks like this.
+_NUMBER_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -163,6 +166,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     reader = _Reader(environ)
     domains = reader.domains("ACME_DOMAINS")
     keytype = reader.choice("ACME_KEYTYPE", ("ECDSA", "RSA"), "ECDSA")
+    http_bind = reader.bind("HTTP_BIND", "*:80")
+    https_bind = reader.bind("HTTPS_BIND", "*:443")
+    if _binds_overlap(http_bind, https_bind):
+        raise ConfigError(
+            "HTTPS_BIND",
+            str(https_bind),
+            f"listens on the same address and port as HTTP_BIND={http_bind}; "
+            "HAProxy would split connections between the two frontends",
+        )
     return Settings(
         haproxy_bin=reader.path_text("HAPROXY_BIN", "haproxy"),
         cert_dir=reader.directory("CERT_DIR", DEFAULT_CERT_DIR),
@@ -176,8 +188,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         bits=reader.integer("ACME_BITS", 2048, minimum=2048, maximum=8192),
         ca_file=reader.optional_file("ACME_CA_FILE"),
         resolver=reader.optional_endpoint("ACME_RESOLVER"),
-        http_bind=reader.bind("HTTP_BIND", "*:80"),
-        https_bind=reader.bind("HTTPS_BIND", "*:443"),
+        http_bind=http_bind,
+        https_bind=https_bind,
         require_seeded_key=reader.boolean("CERTLOCKER_ACME_REQUIRE_SEEDED_KEY", True),
         reuse_key=reader.boolean("ACME_REUSE_KEY", True),
         insecure_skip_verify=reader.boolean("ACME_INSECURE_SKIP_VERIFY", False),
@@ -248,9 +260,11 @@ class _Reader:
         if parts.scheme != "https" or not parts.hostname:
             raise ConfigError(name, value, "must be an https:// URL with a host")
         try:
-            _ = parts.port
+            port = parts.port
         except ValueError as exc:
             raise ConfigError(name, value, "has an invalid port") from exc
+        if port == 0:
+            raise ConfigError(name, value, "has port 0; use a port from 1 to 65535")
         return value
 
     def optional_email(self, name: str) -> str | None:
@@ -273,6 +287,13 @@ class _Reader:
             if len(domain) > 253 or not pattern.fullmatch(domain):
                 raise ConfigError(
                     name, value, f"'{domain}' is not a host name or a wildcard '*.name'"
+                )
+            if _NUMBER_LABEL.fullmatch(domain.rsplit(".", 1)[-1]):
+                raise ConfigError(
+                    name,
+                    value,
+                    f"'{domain}' reads as an IP address; IP addresses cannot be "
+                    "validated with http-01 here; use a DNS name",
                 )
             if domain in names:
                 raise ConfigError(name, value, f"'{domain}' is listed twice")
@@ -365,3 +386,24 @@ def _parse_endpoint(name: str, value: str, *, allow_any: bool) -> Endpoint:
     if parsed.version == 6 and host == address:
         raise ConfigError(name, value, "write an IPv6 address in brackets: [::1]:53")
     return Endpoint(host, int(port_text))
+
+
+def _binds_overlap(first: Endpoint, second: Endpoint) -> bool:
+    """Tell whether two binds would receive the same connections.
+
+    They do when the ports are equal and either host is a wildcard (``*``,
+    empty or an unspecified address) or both name the same address.
+    """
+    if first.port != second.port:
+        return False
+    addresses = [_bind_address(first.host), _bind_address(second.host)]
+    if any(address is None or address.is_unspecified for address in addresses):
+        return True
+    return addresses[0] == addresses[1]
+
+
+def _bind_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Return the address of a validated bind host, or None for ``*`` and empty."""
+    if host in ("", "*"):
+        return None
+    return ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))

@@ -7,8 +7,10 @@ everything meant for logs is a hash (``public_key_sha256``, ``fingerprint``).
 """
 
 import datetime
+import errno
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
@@ -39,8 +41,24 @@ _KEY_LABELS = {
 _IGNORED_LABELS = {b"EC PARAMETERS", b"DH PARAMETERS"}
 
 
+# Largest PEM file read: a key and a long chain take a few kilobytes.
+PEM_FILE_LIMIT = 1024 * 1024
+# Curves HAProxy's TLS and ACME code accept for EC keys.
+_HAPROXY_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_MINIMUM_RSA_BITS = 2048
+ACCEPTED_KEYS = "RSA of 2048 bits or more, or EC on P-256, P-384 or P-521"
+
+
 class PemError(ValueError):
     """Text that is not a usable PEM bundle; the message never quotes the input."""
+
+
+class PemFileError(OSError):
+    """A path that is not a regular file, or a file over the size limit.
+
+    It is an ``OSError`` with ``strerror`` set, so callers that report
+    ``cannot be read: {strerror}`` for other read errors need no new branch.
+    """
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,54 @@ def _check_gap(text: bytes) -> None:
 
 def read_bundle(path: Path) -> PemBundle:
     """Read and parse a PEM file; raises ``OSError`` or ``PemError``."""
-    return parse_bundle(path.read_bytes())
+    return parse_bundle(read_pem_file(path))
+
+
+def read_pem_file(path: Path, limit: int = PEM_FILE_LIMIT) -> bytes:
+    """Return the contents of a regular file of at most ``limit`` bytes.
+
+    Symbolic links are followed, since Kubernetes mounts secrets as links to
+    regular files. Anything else (a FIFO, a device, a directory) raises
+    ``PemFileError`` before it is opened, so a FIFO cannot block the reader
+    and ``/dev/zero`` cannot fill memory. The open is non-blocking and the
+    descriptor is checked again, in case the path was swapped after ``stat``.
+    Raises ``OSError`` (``FileNotFoundError`` for a missing file or a dangling
+    link).
+    """
+    _check_pem_file(path, os.stat(path), limit)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        _check_pem_file(path, os.fstat(descriptor), limit)
+        chunks: list[bytes] = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(descriptor, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(descriptor)
+    if remaining <= 0:
+        raise PemFileError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return b"".join(chunks)
+
+
+def _check_pem_file(path: Path, status: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(status.st_mode), "special file")
+        raise PemFileError(errno.EINVAL, f"is a {kind}, not a regular file", str(path))
+    if status.st_size > limit:
+        raise PemFileError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+}
 
 
 def _load_certificate(block: bytes) -> x509.Certificate:
@@ -301,6 +366,32 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(directory_descriptor)
 
 
-def is_rsa_or_ec(key: PrivateKeyTypes) -> bool:
-    """Tell whether HAProxy can use the key for TLS (RSA or EC)."""
-    return isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+def key_description(key: PrivateKeyTypes) -> str:
+    """Name a private key's type and size or curve, for example ``EC P-256``."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"RSA {key.key_size}-bit"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        curve = key.curve.name
+        return f"EC {_HAPROXY_CURVES.get(curve, curve)}"
+    for kind in (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey):
+        if isinstance(key, kind):
+            return kind.__name__.removesuffix("PrivateKey")
+    if isinstance(key, dsa.DSAPrivateKey):
+        return "DSA"
+    return type(key).__name__
+
+
+def unsupported_key(key: PrivateKeyTypes) -> str | None:
+    """Say why HAProxy cannot use ``key``, or return None when it can.
+
+    HAProxy signs TLS handshakes and ACME requests only with RSA keys and EC
+    keys on the NIST curves; other keys load but fail later inside HAProxy.
+    """
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= _MINIMUM_RSA_BITS:
+        return None
+    if (
+        isinstance(key, ec.EllipticCurvePrivateKey)
+        and key.curve.name in _HAPROXY_CURVES
+    ):
+        return None
+    return f"the key is {key_description(key)}; HAProxy accepts {ACCEPTED_KEYS}"

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from .pem import PemBundle, covers, dns_names, fingerprint, public_key_sha256
+from .pem import (
+    PemBundle,
+    covers,
+    dns_names,
+    fingerprint,
+    is_self_signed,
+    public_key_sha256,
+)
 
 # A certificate is due for renewal in the last third of its lifetime, or 30
 # days before it expires, whichever comes first. The 30-day rule applies only
@@ -66,6 +73,10 @@ def plan_renewal(
         return RenewalPlan(True, "live.pem has no certificate", None)
     if fingerprint(leaf) in throwaway_fingerprints:
         return RenewalPlan(True, "live.pem contains the bootstrap certificate", None)
+    # A bootstrap certificate whose bootstrap.pem was deleted and recreated no
+    # longer matches a throwaway fingerprint; no CA-issued leaf is self-signed.
+    if is_self_signed(leaf):
+        return RenewalPlan(True, "live.pem is self-signed", None)
     if directory_change is not None:
         recorded, configured = directory_change
         return RenewalPlan(

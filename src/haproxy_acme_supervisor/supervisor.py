@@ -466,8 +466,12 @@ class Supervisor:
         except (RuntimeApiError, OSError) as exc:
             log.error("staged_check_failed", cert=promoter.spec.name, error=str(exc))
             return
-        if outcome is not Outcome.NOT_STAGED or announced:
+        # Polls repeat the same outcome every few minutes; only a check that
+        # HAProxy announced, or one that promoted, is worth an info line.
+        if outcome is Outcome.PROMOTED or announced:
             log.info("staged_checked", cert=promoter.spec.name, outcome=outcome.value)
+        else:
+            log.debug("staged_checked", cert=promoter.spec.name, outcome=outcome.value)
 
     async def _follow_events(self) -> None:
         """Keep an event stream open on the current worker, and watch its socket.
