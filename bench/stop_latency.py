@@ -1,11 +1,15 @@
 """Stop latency: time from SIGTERM to the supervisor's exit, as PID 1.
 
-Two cases, each repeated N times with a fresh supervisor in its own PID
+Three cases, each repeated N times with a fresh supervisor in its own PID
 namespace (``unshare``, so root is needed):
 
-- idle: HAProxy runs and no client is connected;
-- keep-alive: 50 plain HTTP keep-alive connections are open, each has
-  completed one request and waits idle for the next.
+- idle: HAProxy runs, no client is connected, and no ACME order is under way
+  (``ACME_RENEW_ON_START=never``), as after a restart with a valid live.pem;
+- keep-alive: the same with 50 plain HTTP keep-alive connections open, each
+  having completed one request and waiting idle for the next;
+- ordering: idle, but HAProxy's ACME client is retrying an order against a
+  closed port. Its retry timer (3 s for the first retry) holds the
+  soft-stopping worker, so this case shows the cost of stopping mid-order.
 
 The clock starts just before SIGTERM is sent to the supervisor and stops when
 ``unshare`` reports its exit. The figures are printed with their ratio to the
@@ -42,7 +46,7 @@ CONTAINER_KILL_TIMEOUT_SECONDS = 10.0
 READY = r"event='admin_socket_ready'"
 
 
-def supervisor_env(root: Path, plain_port: int) -> dict[str, str]:
+def supervisor_env(root: Path, plain_port: int, renew_on_start: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         HAPROXY_BIN=os.environ.get("HAPROXY_BIN", str(REPO / ".venv/bin/haproxy")),
@@ -57,6 +61,7 @@ def supervisor_env(root: Path, plain_port: int) -> dict[str, str]:
         HTTP_BIND=f"127.0.0.1:{free_port()}",
         HTTPS_BIND=f"127.0.0.1:{free_port()}",
         STOP_GRACE_SECONDS="10",
+        ACME_RENEW_ON_START=renew_on_start,
     )
     return env
 
@@ -78,11 +83,11 @@ def open_keep_alive(port: int, count: int) -> list[socket.socket]:
     return connections
 
 
-def measure_once(root: Path, connections: int) -> float:
+def measure_once(root: Path, connections: int, renew_on_start: str) -> float:
     """Start a supervisor, open the connections, SIGTERM it; seconds to exit."""
     plain_port = free_port()
     supervisor = NamespacedSupervisor(
-        supervisor_env(root, plain_port), root / "supervisor.log"
+        supervisor_env(root, plain_port, renew_on_start), root / "supervisor.log"
     )
     clients: list[socket.socket] = []
     try:
@@ -118,14 +123,15 @@ def main() -> int:
     arguments = parser.parse_args()
 
     cases = [
-        ("idle", 0),
-        (f"{arguments.connections} keep-alive", arguments.connections),
+        ("idle", 0, "never"),
+        (f"{arguments.connections} keep-alive", arguments.connections, "never"),
+        ("ordering", 0, "always"),
     ]
-    for label, connections in cases:
+    for label, connections, renew_on_start in cases:
         seconds = []
         for _ in range(arguments.runs):
             with tempfile.TemporaryDirectory(prefix="stop-latency-") as root:
-                seconds.append(measure_once(Path(root), connections))
+                seconds.append(measure_once(Path(root), connections, renew_on_start))
         report(label, seconds)
     return 0
 
