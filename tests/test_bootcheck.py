@@ -449,7 +449,9 @@ PLACEHOLDER_CHECK = (
 )
 
 
-def refusal(paths: CertPaths, name: str, placeholder: bool = False) -> CertFileError:
+def raised_error(
+    paths: CertPaths, name: str, placeholder: bool = False
+) -> CertFileError:
     """Run the check for file ``name`` and return the error it raises."""
     check, error = PLACEHOLDER_CHECK if placeholder else CHECKS[name]
     with pytest.raises(error) as caught:
@@ -465,7 +467,7 @@ class TestSpecialFiles:
         """A FIFO is refused at once, naming the file, and left in place."""
         path: Path = getattr(paths, name)
         os.mkfifo(path)
-        error = refusal(paths, name)
+        error = raised_error(paths, name)
         assert error.path == path
         assert error.reason == "cannot be read: is a FIFO, not a regular file"
         assert stat.S_ISFIFO(path.lstat().st_mode)
@@ -474,7 +476,7 @@ class TestSpecialFiles:
     def test_fifo_placeholder_refused(self, paths: CertPaths) -> None:
         """In lab mode a FIFO staging file is refused, not left for HAProxy."""
         os.mkfifo(paths.staged)
-        assert "FIFO" in refusal(paths, "staged", placeholder=True).reason
+        assert "FIFO" in raised_error(paths, "staged", placeholder=True).reason
 
     @pytest.mark.timeout(10)
     @pytest.mark.parametrize("name", list(CHECKS))
@@ -482,21 +484,21 @@ class TestSpecialFiles:
         """A link to /dev/zero is refused instead of read without end."""
         path: Path = getattr(paths, name)
         path.symlink_to("/dev/zero")
-        assert "character device" in refusal(paths, name).reason
+        assert "character device" in raised_error(paths, name).reason
 
     @pytest.mark.parametrize("name", list(CHECKS))
     def test_oversized_file_refused(self, paths: CertPaths, name: str) -> None:
         """A file over 1 MiB is refused by size."""
         path: Path = getattr(paths, name)
         path.write_bytes(b"x" * (1024 * 1024 + 1))
-        assert "larger than" in refusal(paths, name).reason
+        assert "larger than" in raised_error(paths, name).reason
 
     @pytest.mark.parametrize("name", list(CHECKS))
     def test_dangling_link_refused(self, paths: CertPaths, name: str) -> None:
         """A link to a missing file is an error, never replaced by a new file."""
         path: Path = getattr(paths, name)
         path.symlink_to(paths.cert_dir / "gone.pem")
-        error = refusal(paths, name)
+        error = raised_error(paths, name)
         assert error.path == path
         assert error.reason.startswith("is a symbolic link to a missing file")
         assert path.is_symlink()
@@ -505,13 +507,13 @@ class TestSpecialFiles:
     def test_dangling_placeholder_link_refused(self, paths: CertPaths) -> None:
         """In lab mode a dangling staging link is refused, not replaced."""
         paths.staged.symlink_to(paths.cert_dir / "gone.pem")
-        error = refusal(paths, "staged", placeholder=True)
+        error = raised_error(paths, "staged", placeholder=True)
         assert "symbolic link to a missing file" in error.reason
 
     def test_looping_link_refused(self, paths: CertPaths) -> None:
         """A link that points to itself is an error naming the file."""
         paths.live.symlink_to(paths.live)
-        error = refusal(paths, "live")
+        error = raised_error(paths, "live")
         assert error.reason.startswith("is a symbolic link that cannot be followed")
 
     def test_linked_secret_read(self, paths: CertPaths, chain: Chain) -> None:
@@ -524,7 +526,7 @@ class TestSpecialFiles:
     def test_error_is_one_line(self, paths: CertPaths) -> None:
         """The message names the file on one line."""
         paths.live.symlink_to(paths.cert_dir / "gone.pem")
-        message = str(refusal(paths, "live"))
+        message = str(raised_error(paths, "live"))
         assert message.startswith(f"{paths.live}: ")
         assert "\n" not in message
 
@@ -535,7 +537,7 @@ class TestKeyTypes:
         """An account key HAProxy cannot sign with is refused and kept."""
         content = key_pem(unusable_key(description))
         paths.account_key.write_bytes(content)
-        error = refusal(paths, "account_key")
+        error = raised_error(paths, "account_key")
         assert f"the key is {description};" in error.reason
         assert "RSA of 2048 bits or more" in error.reason
         assert paths.account_key.read_bytes() == content
@@ -562,6 +564,6 @@ class TestKeyTypes:
         """A key and certificate pair with an unusable key is refused."""
         path: Path = getattr(paths, name)
         path.write_bytes(self_signed_pair(unusable_key(description), DOMAINS))
-        error = refusal(paths, name)
+        error = raised_error(paths, name)
         assert f"the key is {description};" in error.reason
         assert "EC on P-256, P-384 or P-521" in error.reason

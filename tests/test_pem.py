@@ -36,12 +36,12 @@ from .certificates import (
     NOW,
     SHORT_X_SCALAR,
     SHORT_Y_SCALAR,
+    UNUSABLE_KEYS,
     Chain,
     certificate_pem,
     key_pem,
     make_chain,
     new_key,
-    UNUSABLE_KEYS,
     short_coordinate_key,
     unusable_key,
 )

@@ -43,7 +43,7 @@ _IGNORED_LABELS = {b"EC PARAMETERS", b"DH PARAMETERS"}
 
 # Largest PEM file read: a key and a long chain take a few kilobytes.
 PEM_FILE_LIMIT = 1024 * 1024
-# Curves HAProxy's TLS and ACME code accept for EC keys.
+# EC curves accepted for the keys HAProxy uses, by OpenSSL name and NIST name.
 _HAPROXY_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _MINIMUM_RSA_BITS = 2048
 ACCEPTED_KEYS = "RSA of 2048 bits or more, or EC on P-256, P-384 or P-521"
@@ -384,8 +384,8 @@ def key_description(key: PrivateKeyTypes) -> str:
 def unsupported_key(key: PrivateKeyTypes) -> str | None:
     """Say why HAProxy cannot use ``key``, or return None when it can.
 
-    HAProxy signs TLS handshakes and ACME requests only with RSA keys and EC
-    keys on the NIST curves; other keys load but fail later inside HAProxy.
+    HAProxy loads other keys, such as Ed25519 or secp256k1, without an error
+    at start, but its ACME client then fails to sign with them.
     """
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= _MINIMUM_RSA_BITS:
         return None

@@ -16,10 +16,18 @@ from enum import Enum
 from pathlib import Path
 
 import structlog
+from cryptography import x509
 
 from .config import CertificateSpec, CertPaths
 from .errors import BundleRejectedError, RuntimeApiError
-from .pem import PemError, atomic_write, fingerprint, parse_bundle, read_bundle
+from .pem import (
+    PemError,
+    atomic_write,
+    fingerprint,
+    is_self_signed,
+    parse_bundle,
+    read_bundle,
+)
 from .runtime import RuntimeApi
 from .validation import ValidatedBundle, validate_bundle
 
@@ -131,6 +139,7 @@ class Promoter:
                 self.spec.domains,
                 now=self.clock(),
                 throwaway_fingerprints=self.throwaway_fingerprints,
+                live_not_after=self._live_expiry_to_beat(bundle.leaf),
             )
         except BundleRejectedError as exc:
             self._report_rejection(staged_sha256, exc.reason, exc.details)
@@ -138,6 +147,26 @@ class Promoter:
 
         await self.promote(validated)
         return Outcome.PROMOTED
+
+    def _live_expiry_to_beat(
+        self, staged: x509.Certificate
+    ) -> datetime.datetime | None:
+        """Return the live expiry a renewal from the same CA must not undercut.
+
+        A certificate from the same issuer as the live one is a renewal and
+        must last longer. One from another issuer (a changed ACME_DIRECTORY,
+        or a rotated intermediate) may legitimately expire sooner, and so may
+        anything replacing a throwaway or self-signed live certificate.
+        """
+        try:
+            live = read_bundle(self.paths.live).leaf
+        except (OSError, PemError):
+            return None
+        if live is None or fingerprint(live) in self.throwaway_fingerprints:
+            return None
+        if is_self_signed(live) or live.issuer != staged.issuer:
+            return None
+        return live.not_valid_after_utc
 
     async def promote(self, validated: ValidatedBundle) -> None:
         """Swap the validated bundle into HAProxy, confirm it, then persist it."""
