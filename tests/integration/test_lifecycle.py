@@ -2,6 +2,8 @@
 
 import os
 import signal
+import socket
+import time
 
 import pytest
 
@@ -21,6 +23,24 @@ def haproxy_master_pid(output: str) -> int:
         if "event='haproxy_started'" in line:
             return int(line.split("pid=")[1].split()[0])
     raise AssertionError("no haproxy_started event in the output")
+
+
+def wait_for_event_stream(lab: Lab, timeout: float = 15.0) -> None:
+    """Wait until the supervisor's ``show events -w`` session is open.
+
+    ``show sess`` lists every CLI session as ``fe=GLOBAL``; with the event
+    stream open there are two, the stream and the ``show sess`` itself.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(lab.run_dir / "admin.sock"))
+            client.sendall(b"show sess\n")
+            answer = b"".join(iter(lambda: client.recv(65536), b""))
+        if answer.count(b"fe=GLOBAL") >= 2:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no event stream session within {timeout} s")
 
 
 def test_second_supervisor_on_run_dir_refused(lab: Lab) -> None:
@@ -52,6 +72,8 @@ def test_master_soft_stopped_outside_exits_76(lab: Lab) -> None:
         ACME_DIRECTORY=CLOSED_DIRECTORY, CERTLOCKER_ACME_REQUIRE_SEEDED_KEY="0"
     )
     supervisor.wait_for(READY)
+    # The stream is what would hold the soft-stopping worker.
+    wait_for_event_stream(lab)
     os.kill(haproxy_master_pid(supervisor.output()), signal.SIGUSR1)
 
     assert supervisor.wait(timeout=30) == 76
