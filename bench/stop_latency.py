@@ -8,8 +8,8 @@ namespace (``unshare``, so root is needed):
 - keep-alive: the same with 50 plain HTTP keep-alive connections open, each
   having completed one request and waiting idle for the next;
 - ordering: idle, but HAProxy's ACME client is retrying an order against a
-  closed port. Its retry timer (3 s for the first retry) holds the
-  soft-stopping worker, so this case shows the cost of stopping mid-order.
+  closed port. Its retry timer (3 s for the first retry) keeps the
+  soft-stopping worker alive, so this case shows the cost of stopping mid-order.
 
 The clock starts just before SIGTERM is sent to the supervisor and stops when
 ``unshare`` reports its exit. The figures are printed with their ratio to the

@@ -85,7 +85,7 @@ class TestPlanRenewal:
         assert "www.example.com" in plan.reason
 
     def test_fresh_certificate_skips(self) -> None:
-        """A certificate far from its due time needs no order, and says when."""
+        """A certificate far from its due time needs no order, and reports when."""
         live = live_bundle(not_before=NOW - DAY, not_after=NOW + 89 * DAY)
         plan = plan_renewal(live, DOMAINS, throwaway_fingerprints=(), now=NOW)
         assert not plan.order_now

@@ -46,7 +46,7 @@ PLACEHOLDER_LIFETIME = datetime.timedelta(days=1)
 
 @dataclass(frozen=True)
 class BootReport:
-    """What the boot checks found, in terms safe to log."""
+    """Results of the boot checks, as values safe to log."""
 
     account_key_sha256: str
     bootstrap_fingerprint: str
@@ -168,10 +168,10 @@ def check_seeded(path: Path) -> str:
     """Check that the seeded staging file's key belongs to its certificate.
 
     With ``reuse-key on`` HAProxy puts this key into every CSR. A vault-style
-    CA returns the certificate it stored for its own key whatever the CSR says,
-    so a key that does not match would make every renewal unusable. Returns the
-    SHA-256 of the key's public key, which is printed for operators to compare
-    with the vault's.
+    CA returns the certificate it stored for its own key, whatever the CSR
+    contains, so a key that does not match would make every renewal unusable.
+    Returns the SHA-256 of the key's public key, which is printed for operators
+    to compare with the vault's.
     """
     action = (
         "seed it with the private key the CA's vault stores and the certificate "

@@ -46,7 +46,7 @@ ACCOUNT_KEY_NAME = "acme.account.key"
 BOOTSTRAP_NAME = "bootstrap.pem"
 STAGED_NAME = "certlocker.acme.pem"
 LIVE_NAME = "live.pem"
-# Where the promoted certificate came from (no key material), beside live.pem.
+# Record of the promoted certificate's origin (no key material), beside live.pem.
 LIVE_RECORD_NAME = "live.json"
 
 # The crt-store section and alias under which HAProxy keeps the staged bundle.

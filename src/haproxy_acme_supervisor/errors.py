@@ -1,7 +1,7 @@
 """Errors the supervisor reports, and the exit code each one maps to.
 
 Every error renders as one line that names the file, variable or command at
-fault and says what to do. None of them ever carries key material: callers pass
+fault and states what to do. None of them ever carries key material: callers pass
 paths, fingerprints and public-key hashes only.
 """
 
@@ -23,7 +23,7 @@ class ExitCode(IntEnum):
     HAPROXY_START_FAILED = 69
     INTERNAL_ERROR = 70
     ADMIN_SOCKET_TIMEOUT = 75
-    # HAProxy exited with 0 although nobody asked the supervisor to stop it,
+    # HAProxy exited with 0 although no stop was requested from the supervisor,
     # for example after a SIGTERM sent to HAProxy's master from outside.
     HAPROXY_STOPPED_OUTSIDE = 76
     DIRECTORY_IN_USE = 77

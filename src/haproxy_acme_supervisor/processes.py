@@ -4,14 +4,14 @@ Design, decided once for the whole program: this module is the only code that
 waits for child processes. As PID 1 the supervisor inherits every orphan in
 the container, and an orphan's exit status must be collected or it stays a
 zombie. A loop of ``os.waitpid(-1, WNOHANG)`` on SIGCHLD does that, but it
-also collects the status of any child another waiter is watching, so asyncio's
+also collects the status of any child another waiter is watching. So asyncio's
 child watchers, ``subprocess.Popen.wait`` and ``asyncio.create_subprocess_*``
-are never used here: they would race this loop and one side would lose an exit
-status. Children are started with ``os.posix_spawnp`` and their exit codes are
-delivered through ``ChildReaper.wait``.
+are never used here, because they would race this loop and one side would
+lose an exit status. Children are started with ``os.posix_spawnp``, and
+their exit codes are delivered through ``ChildReaper.wait``.
 
 SIGCHLD is handled through ``loop.add_signal_handler``, which only wakes the
-event loop; the reaping itself runs as an ordinary callback, never inside a
+event loop. The reaping itself runs as an ordinary callback, never inside a
 signal handler.
 """
 
@@ -141,8 +141,8 @@ async def run_captured(
         output = await asyncio.wait_for(loop.run_in_executor(None, pipe.read), timeout)
         code = await asyncio.wait_for(reaper.wait(pid), timeout)
     except TimeoutError:
-        # Kill first: the reading thread then sees EOF and releases the pipe,
-        # which closing it before would wait for.
+        # Kill first, so the reading thread reaches EOF and releases the pipe.
+        # Closing the pipe before that would block on the thread's read.
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         raise

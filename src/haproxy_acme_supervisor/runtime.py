@@ -3,7 +3,7 @@
 Each command opens its own connection, sends one line and reads until HAProxy
 closes: the API's non-interactive mode. The exception is the event stream of
 the ``dpapi`` ring, which stays open and yields records as HAProxy writes them.
-Command names and answers follow HAProxy's management guide, section 9.3.
+Command names and responses follow HAProxy's management guide, section 9.3.
 """
 
 import asyncio
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import RuntimeApiError
 
-# Largest answer read from one command; "dump ssl cert" of a bundle with a
+# Largest response read from one command; "dump ssl cert" of a bundle with a
 # 4096-bit RSA key and a long chain stays well under it.
 _MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _COMMAND_TIMEOUT_SECONDS = 10.0
@@ -38,7 +38,7 @@ class RuntimeApi:
         self.socket_path = socket_path
 
     async def execute(self, command: str) -> str:
-        """Send one command and return HAProxy's whole answer."""
+        """Send one command and return HAProxy's whole response."""
         if "\n" in command:
             raise ValueError("a runtime API command is a single line")
         return await self._exchange(command + "\n")

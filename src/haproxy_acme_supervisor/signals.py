@@ -1,4 +1,4 @@
-"""Which signals the supervisor acts on, and holding them until it can.
+"""The signals the supervisor acts on, and blocking them until it can.
 
 Stop signals (SIGTERM, SIGINT, SIGUSR1, SIGQUIT) lead to a graceful stop of
 HAProxy; reload signals (SIGHUP, SIGUSR2) to a checked reload. This module

@@ -10,8 +10,8 @@ exit, while the watch loop, a task of its own, promotes what HAProxy stages.
 As PID 1 of a container, the kernel drops every signal this process has no
 handler for (only SIGKILL and SIGSTOP get through), so a signal outside
 ``STOP_SIGNALS`` and ``RELOAD_SIGNALS`` does nothing. Stop signals escalate:
-the first asks HAProxy for a soft stop, the second for a hard stop, the third
-kills it.
+the first requests a soft stop of HAProxy, the second a hard stop, and the
+third kills it.
 """
 
 import asyncio
@@ -343,8 +343,8 @@ class Supervisor:
                 )
                 if code < 0:
                     return ExitCode.for_signal(-code)
-                # A clean exit nobody requested must not look like a clean stop
-                # to a restart policy such as "on-failure".
+                # An unrequested clean exit must not look like a clean stop to a
+                # restart policy such as "on-failure".
                 return code or ExitCode.HAPROXY_STOPPED_OUTSIDE
             assert stopping.signal_number is not None
             if stopping.signal_number in RELOAD_SIGNALS:

@@ -159,7 +159,7 @@ class NamespacedSupervisor:
         ]
 
     def zombies(self) -> list[int]:
-        """Zombies in the namespace: exit statuses nobody collected."""
+        """Zombies in the namespace: exit statuses that were never collected."""
         return [pid for pid in self.namespace_pids() if state(pid) == "Z"]
 
     def stop(self) -> None:
@@ -211,7 +211,7 @@ def write_template(
 
 
 class SlowServer:
-    """A loopback HTTP server that answers each request after ``delay`` seconds."""
+    """A loopback HTTP server that responds to each request after ``delay`` seconds."""
 
     BODY = b"slow answer " * 1000
 
@@ -224,7 +224,7 @@ class SlowServer:
             def do_GET(self) -> None:
                 server.received.set()
                 time.sleep(server.delay)
-                # A hard stop cuts the connection before the answer is sent.
+                # A hard stop cuts the connection before the response is sent.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(server.BODY)))
